@@ -1,0 +1,1 @@
+"""What the web front end and the GPU workers share: settings, keys, events and errors."""

@@ -1,0 +1,106 @@
+"""The worker→web event wire: what a worker publishes about a job, encoded compactly.
+
+A message is `<job id>|<kind><body>`. Tokens travel with their text already JSON-encoded,
+so the web pastes it into an SSE chunk without decoding it again.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+
+_SEP = b"|"
+_STARTED, _TOKENS, _PING, _DONE, _FAILED = b"s", b"t", b"p", b"d", b"e"
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    """A worker took the job; from now on it sends an event at least every ping interval."""
+
+    worker: str
+    gpu: str
+
+
+@dataclass(frozen=True, slots=True)
+class Tokens:
+    """One or a few tokens of generated text; `text_json` is the text as a JSON string literal."""
+
+    text_json: str
+    count: int
+
+    @property
+    def text(self) -> str:
+        """The generated text itself."""
+        text: str = json.loads(self.text_json)
+        return text
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    """The worker is alive and still on the job (model loading, or between slow tokens)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    """The job finished: why, and the token counts Ollama reported."""
+
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+    load_ms: float = 0.0
+    eval_ms: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """The job failed; `status` is the HTTP status to answer if nothing was streamed yet."""
+
+    msg: str
+    status: int = 500
+    reason: str = "backend"
+
+
+Event = Started | Tokens | Ping | Done | Failed
+TERMINAL = (Done, Failed)
+
+
+def encode_tokens(job_id: str, text_json: str, count: int) -> bytes:
+    """Encode a Tokens event (the hot path: one call per relayed batch of tokens)."""
+    return f"{job_id}|t{count}|{text_json}".encode()
+
+
+def encode(job_id: str, event: Event) -> bytes:
+    """Encode any event for `job_id`."""
+    if isinstance(event, Tokens):
+        return encode_tokens(job_id, event.text_json, event.count)
+    if isinstance(event, Ping):
+        return f"{job_id}|p".encode()
+    kind = {Started: "s", Done: "d", Failed: "e"}[type(event)]
+    return f"{job_id}|{kind}{json.dumps(asdict(event), separators=(',', ':'))}".encode()
+
+
+def job_id_of(message: bytes) -> str:
+    """The job id a message is about, without decoding the rest (the hub's routing step)."""
+    return message.partition(_SEP)[0].decode()
+
+
+def decode(message: bytes) -> tuple[str, Event]:
+    """Decode a message into (job id, event); raises ValueError on anything malformed."""
+    job_id, sep, rest = message.partition(_SEP)
+    if not sep or not rest:
+        raise ValueError(f"not an event message: {message[:80]!r}")
+    kind, body = rest[:1], rest[1:]
+    if kind == _TOKENS:
+        count, sep, text_json = body.partition(_SEP)
+        if not sep:
+            raise ValueError(f"malformed tokens event: {message[:80]!r}")
+        return job_id.decode(), Tokens(text_json.decode(), int(count))
+    if kind == _PING:
+        return job_id.decode(), Ping()
+    cls = {_STARTED: Started, _DONE: Done, _FAILED: Failed}.get(kind)
+    if cls is None:
+        raise ValueError(f"unknown event kind {kind!r}")
+    fields = json.loads(body)
+    if not isinstance(fields, dict):
+        raise ValueError(f"malformed event body: {message[:80]!r}")
+    return job_id.decode(), cls(**fields)

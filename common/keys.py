@@ -1,0 +1,38 @@
+"""Every Redis key, channel and RQ queue name the runner owns, built in one place."""
+
+from __future__ import annotations
+
+PREFIX = "llmrunner"
+
+# The RQ job function, by dotted path, so the web never imports worker code.
+GENERATE_JOB = "worker.jobs.generate"
+
+
+def queue_name(model_id: str) -> str:
+    """RQ queue holding the jobs for one model; workers that can serve it listen on it."""
+    return f"llm:{model_id}"
+
+
+def reply_channel(web_id: str) -> str:
+    """Pub/sub channel on which workers publish the events of one web process's jobs."""
+    return f"{PREFIX}:events:{web_id}"
+
+
+def cancel_channel() -> str:
+    """Pub/sub channel on which the web asks every worker to cancel a job by id."""
+    return f"{PREFIX}:cancel"
+
+
+def fleet_set() -> str:
+    """Set of the names of workers that have announced themselves."""
+    return f"{PREFIX}:fleet"
+
+
+def fleet_worker(name: str) -> str:
+    """A worker's announcement (JSON, expires unless refreshed by its heartbeat)."""
+    return f"{PREFIX}:fleet:{name}"
+
+
+def metrics_counters() -> str:
+    """Hash of fleet-wide counters the workers keep (worker deaths seen, ...)."""
+    return f"{PREFIX}:metrics"

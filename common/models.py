@@ -1,0 +1,67 @@
+"""Model ids: Hugging Face ids that go-livepeer advertises, mapped to the Ollama tags that run them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from common.errors import ConfigError
+
+# Well-known instruct models and their default (Q4_K_M) Ollama tags.
+WELL_KNOWN_TAGS: dict[str, str] = {
+    "meta-llama/Meta-Llama-3.1-8B-Instruct": "llama3.1:8b",
+    "meta-llama/Llama-3.1-8B-Instruct": "llama3.1:8b",
+    "meta-llama/Meta-Llama-3.1-70B-Instruct": "llama3.1:70b",
+    "meta-llama/Llama-3.2-1B-Instruct": "llama3.2:1b",
+    "meta-llama/Llama-3.2-3B-Instruct": "llama3.2:3b",
+    "meta-llama/Llama-3.3-70B-Instruct": "llama3.3:70b",
+    "mistralai/Mistral-7B-Instruct-v0.3": "mistral:7b",
+    "mistralai/Mistral-Nemo-Instruct-2407": "mistral-nemo:12b",
+    "Qwen/Qwen2.5-0.5B-Instruct": "qwen2.5:0.5b",
+    "Qwen/Qwen2.5-1.5B-Instruct": "qwen2.5:1.5b",
+    "Qwen/Qwen2.5-3B-Instruct": "qwen2.5:3b",
+    "Qwen/Qwen2.5-7B-Instruct": "qwen2.5:7b",
+    "Qwen/Qwen2.5-14B-Instruct": "qwen2.5:14b",
+    "Qwen/Qwen2.5-32B-Instruct": "qwen2.5:32b",
+    "Qwen/Qwen2.5-72B-Instruct": "qwen2.5:72b",
+    "Qwen/Qwen2.5-Coder-7B-Instruct": "qwen2.5-coder:7b",
+    "google/gemma-2-2b-it": "gemma2:2b",
+    "google/gemma-2-9b-it": "gemma2:9b",
+    "google/gemma-2-27b-it": "gemma2:27b",
+    "microsoft/Phi-3-mini-4k-instruct": "phi3:mini",
+}
+
+DEFAULT_MODELS = "meta-llama/Meta-Llama-3.1-8B-Instruct"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One configured model: the id clients ask for and the Ollama tag that serves it."""
+
+    model_id: str
+    tag: str
+
+
+def parse_models(value: str, *, name: str = "MODELS") -> tuple[ModelSpec, ...]:
+    """Parse `id=tag, id, ...` (an entry without `=` takes its tag from WELL_KNOWN_TAGS)."""
+    specs: list[ModelSpec] = []
+    seen: set[str] = set()
+    for raw in value.split(","):
+        entry = raw.strip()
+        if not entry:
+            continue
+        model_id, sep, tag = (part.strip() for part in entry.partition("="))
+        if not sep:
+            if model_id not in WELL_KNOWN_TAGS:
+                raise ConfigError(
+                    f"{name}: {model_id!r} is not a well-known model; give its Ollama tag as '{model_id}=<ollama tag>'"
+                )
+            tag = WELL_KNOWN_TAGS[model_id]
+        if not model_id or not tag:
+            raise ConfigError(f"{name}: entry {entry!r} must look like 'model_id=ollama_tag'")
+        if model_id in seen:
+            raise ConfigError(f"{name}: {model_id!r} is listed twice")
+        seen.add(model_id)
+        specs.append(ModelSpec(model_id, tag))
+    if not specs:
+        raise ConfigError(f"{name}: at least one model is required")
+    return tuple(specs)

@@ -1,0 +1,181 @@
+"""Configuration: one frozen Settings, read once from the environment at start."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+from urllib.parse import urlsplit
+
+from common.errors import ConfigError
+from common.models import DEFAULT_MODELS, ModelSpec, parse_models
+
+# Ollama accepts keep_alive as a number of seconds or as a Go duration string.
+_GO_DURATION = re.compile(r"^-?(\d+(\.\d+)?(ns|us|µs|ms|s|m|h))+$")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting of the runner; `from_env` documents the variable behind each field."""
+
+    redis_url: str = "redis://localhost:6379/0"
+    port: int = 8000
+    ollama_url: str = "http://localhost:11434"
+    auth_token: str | None = None
+    models: tuple[ModelSpec, ...] = field(default_factory=lambda: parse_models(DEFAULT_MODELS))
+    # Back-pressure: jobs waiting per model (None: twice the fleet's slots for it, at least 4).
+    max_queue: int | None = None
+    queue_timeout_s: float = 30.0
+    # Worker: its GPU, its Ollama's parallel slots and what it believes about VRAM.
+    slots: int = 1
+    gpu_index: int = 0
+    vram_mb: int | None = None
+    vram_reserve_mb: int = 1024
+    num_ctx: int = 4096
+    keep_alive: int | str = -1
+    pull_models: bool = True
+    # Ollama timeouts, seconds.
+    connect_timeout_s: float = 5.0
+    first_byte_timeout_s: float = 300.0
+    idle_timeout_s: float = 30.0
+    # Web: how long a started job may stay silent before its worker counts as lost.
+    worker_silence_s: float = 5.0
+    # Hostile-input limits.
+    max_body_bytes: int = 1 << 20
+    max_messages: int = 256
+    max_prompt_chars: int = 200_000
+    max_tokens_limit: int = 8192
+    shutdown_grace_s: float = 10.0
+    log_level: str = "INFO"
+
+    @property
+    def default_model(self) -> ModelSpec:
+        """The model used when a request's `model` is empty: the first of MODELS."""
+        return self.models[0]
+
+    def model(self, model_id: str) -> ModelSpec | None:
+        """The configured model with this id, or None."""
+        for spec in self.models:
+            if spec.model_id == model_id:
+                return spec
+        return None
+
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with some fields changed (tests and launchers use it)."""
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        values.update(changes)
+        return Settings(**values)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> Settings:
+        """Read every setting from `environ`; a bad value raises ConfigError naming its variable."""
+        env = _Env(environ)
+        return cls(
+            redis_url=env.url("REDIS_URL", cls.redis_url, schemes=("redis", "rediss", "unix")),
+            port=env.integer("PORT", cls.port, low=1, high=65535),
+            ollama_url=env.url("OLLAMA_URL", cls.ollama_url, schemes=("http",)).rstrip("/"),
+            auth_token=env.text("AUTH_TOKEN") or None,
+            models=parse_models(env.text("MODELS") or DEFAULT_MODELS),
+            max_queue=env.optional_integer("MAX_QUEUE", low=0),
+            queue_timeout_s=env.number("QUEUE_TIMEOUT_S", cls.queue_timeout_s, low=0.1),
+            slots=env.integer("OLLAMA_NUM_PARALLEL", cls.slots, low=1, high=1024),
+            gpu_index=env.integer("GPU_INDEX", cls.gpu_index, low=0),
+            vram_mb=env.optional_integer("VRAM_MB", low=1),
+            vram_reserve_mb=env.integer("VRAM_RESERVE_MB", cls.vram_reserve_mb, low=0),
+            num_ctx=env.integer("NUM_CTX", cls.num_ctx, low=256),
+            keep_alive=env.keep_alive("KEEP_ALIVE", cls.keep_alive),
+            pull_models=env.boolean("PULL_MODELS", cls.pull_models),
+            connect_timeout_s=env.number("OLLAMA_CONNECT_TIMEOUT_S", cls.connect_timeout_s, low=0.1),
+            first_byte_timeout_s=env.number("OLLAMA_FIRST_BYTE_TIMEOUT_S", cls.first_byte_timeout_s, low=0.1),
+            idle_timeout_s=env.number("OLLAMA_IDLE_TIMEOUT_S", cls.idle_timeout_s, low=0.1),
+            worker_silence_s=env.number("WORKER_SILENCE_S", cls.worker_silence_s, low=1.0),
+            max_body_bytes=env.integer("MAX_BODY_BYTES", cls.max_body_bytes, low=1024),
+            max_messages=env.integer("MAX_MESSAGES", cls.max_messages, low=1),
+            max_prompt_chars=env.integer("MAX_PROMPT_CHARS", cls.max_prompt_chars, low=1),
+            max_tokens_limit=env.integer("MAX_TOKENS", cls.max_tokens_limit, low=1),
+            shutdown_grace_s=env.number("SHUTDOWN_GRACE_S", cls.shutdown_grace_s, low=0.0),
+            log_level=env.choice("LOG_LEVEL", cls.log_level, ("DEBUG", "INFO", "WARNING", "ERROR")),
+        )
+
+
+class _Env:
+    """Typed readers over an environment mapping; each failure names the variable."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self._environ = environ
+
+    def text(self, name: str) -> str:
+        return self._environ.get(name, "").strip()
+
+    def integer(self, name: str, default: int, *, low: int | None = None, high: int | None = None) -> int:
+        value = self.optional_integer(name, low=low, high=high)
+        return default if value is None else value
+
+    def optional_integer(self, name: str, *, low: int | None = None, high: int | None = None) -> int | None:
+        raw = self.text(name)
+        if not raw:
+            return None
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ConfigError(f"{name}: expected a whole number, got {raw!r}") from None
+        _check_range(name, value, low, high)
+        return value
+
+    def number(self, name: str, default: float, *, low: float | None = None) -> float:
+        raw = self.text(name)
+        if not raw:
+            return default
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ConfigError(f"{name}: expected a number of seconds, got {raw!r}") from None
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ConfigError(f"{name}: expected a finite number, got {raw!r}")
+        _check_range(name, value, low, None)
+        return value
+
+    def boolean(self, name: str, default: bool) -> bool:
+        raw = self.text(name).lower()
+        if not raw:
+            return default
+        if raw in ("1", "true", "yes", "on"):
+            return True
+        if raw in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{name}: expected true or false, got {raw!r}")
+
+    def choice(self, name: str, default: str, options: tuple[str, ...]) -> str:
+        raw = self.text(name).upper()
+        if not raw:
+            return default
+        if raw not in options:
+            raise ConfigError(f"{name}: expected one of {', '.join(options)}, got {raw!r}")
+        return raw
+
+    def url(self, name: str, default: str, *, schemes: tuple[str, ...]) -> str:
+        raw = self.text(name) or default
+        parts = urlsplit(raw)
+        if parts.scheme not in schemes or not (parts.netloc or parts.scheme == "unix"):
+            raise ConfigError(f"{name}: expected a {'/'.join(schemes)}:// URL, got {raw!r}")
+        return raw
+
+    def keep_alive(self, name: str, default: int | str) -> int | str:
+        raw = self.text(name)
+        if not raw:
+            return default
+        try:
+            return int(raw)
+        except ValueError:
+            pass
+        if not _GO_DURATION.match(raw):
+            raise ConfigError(f"{name}: expected seconds (e.g. 300, -1) or a duration (e.g. 10m, 24h), got {raw!r}")
+        return raw
+
+
+def _check_range(name: str, value: float, low: float | None, high: float | None) -> None:
+    if low is not None and value < low:
+        raise ConfigError(f"{name}: must be at least {low:g}, got {value:g}")
+    if high is not None and value > high:
+        raise ConfigError(f"{name}: must be at most {high:g}, got {value:g}")

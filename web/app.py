@@ -1,0 +1,61 @@
+"""The app factory: settings, one Redis pool, the routes, and JSON for every error."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from flask import Flask, Response, jsonify
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+
+from common.errors import RunnerError
+from common.redis_client import make_redis
+from common.settings import Settings
+from web.routes import bp
+from web.runtime import EXTENSION, Runtime
+
+logger = logging.getLogger(__name__)
+
+
+def build_app(settings: Settings | None = None) -> Flask:
+    """Build the app: settings from the environment unless given, one Redis pool, the routes."""
+    settings = settings or Settings.from_env(os.environ)
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.extensions[EXTENSION] = Runtime(settings, make_redis(settings.redis_url))
+    app.register_blueprint(bp)
+    _register_error_handlers(app)
+    return app
+
+
+def _detail(status: int, msg: str) -> Response:
+    response = jsonify({"detail": {"msg": msg}})
+    response.status_code = status
+    if status == 401:
+        response.headers["WWW-Authenticate"] = "Bearer"
+    return response
+
+
+def _register_error_handlers(app: Flask) -> None:
+    """Every error is `{"detail": {"msg"}}` JSON; a too-large body is a 400 go-livepeer understands."""
+
+    @app.errorhandler(RunnerError)
+    def runner_error(exc: RunnerError) -> Response:
+        if exc.status >= 500:
+            logger.warning("answering %d: %s", exc.status, exc.msg)
+        return _detail(exc.status, exc.msg)
+
+    @app.errorhandler(RequestEntityTooLarge)
+    def too_large(exc: RequestEntityTooLarge) -> Response:
+        return _detail(400, f"request body too large (at most {app.config['MAX_CONTENT_LENGTH']} bytes)")
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException) -> Response:
+        status = exc.code or 500
+        return _detail(400 if status in (413, 415, 422) else status, exc.description or exc.name)
+
+    @app.errorhandler(Exception)
+    def unexpected(exc: Exception) -> Response:
+        logger.exception("unexpected error")
+        return _detail(500, "internal error in the runner")

@@ -1,0 +1,61 @@
+"""gunicorn settings and hooks for the web front end: `gunicorn -c python:web.gunicorn_conf ...`.
+
+Streams are long-lived and mostly idle, so the gevent worker holds them as greenlets; on SIGTERM
+the app drains: open streams get SHUTDOWN_GRACE_S to finish, then end with an error chunk.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from types import FrameType
+from typing import Any
+
+from common.errors import ConfigError
+from common.settings import Settings
+
+try:
+    _grace = Settings.from_env(os.environ).shutdown_grace_s
+except ConfigError:
+    _grace = Settings.shutdown_grace_s  # the app itself reports the bad variable at start
+
+# One format for gunicorn's own lines and the runner's (one line per job, warnings, errors).
+logconfig_dict = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s [%(process)d]: %(message)s"}},
+    "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "plain", "stream": "ext://sys.stderr"}},
+    "root": {"level": os.environ.get("LOG_LEVEL", "INFO").upper(), "handlers": ["stderr"]},
+    "loggers": {
+        "gunicorn.error": {"level": "INFO", "handlers": ["stderr"], "propagate": False},
+        # Each /llm call already gets its own line when its job ends; ACCESS_LOG=1 adds gunicorn's.
+        "gunicorn.access": {
+            "level": "INFO" if os.environ.get("ACCESS_LOG") else "WARNING",
+            "handlers": ["stderr"],
+            "propagate": False,
+        },
+    },
+}
+
+worker_class = "gevent"
+worker_connections = 2000
+# go-livepeer reuses connections; keep them a little longer than Go's 90 s idle default.
+keepalive = 95
+graceful_timeout = int(_grace) + 5
+timeout = 30
+# The control socket lives at one path per user; several runners on a host would collide.
+control_socket_disable = True
+
+
+def post_worker_init(worker: Any) -> None:
+    """Make SIGTERM start the app's drain before gunicorn stops accepting connections."""
+    original = worker.handle_exit
+
+    def handle_exit(sig: int, frame: FrameType | None) -> None:
+        from web.runtime import runtime  # loaded with the app already; kept out of the master
+
+        runtime(worker.wsgi).drain()
+        original(sig, frame)
+
+    worker.handle_exit = handle_exit
+    signal.signal(signal.SIGTERM, handle_exit)

@@ -1,0 +1,103 @@
+"""One pub/sub subscription per web process, routing worker events to the requests waiting on them.
+
+Workers publish every event of a job on the channel of the web process that placed it, so a
+request needs no subscription of its own: it registers an inbox here before its job is enqueued.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import threading
+
+from redis import Redis
+from redis.exceptions import RedisError
+
+from common import keys
+from common.errors import QueueUnavailable
+
+logger = logging.getLogger(__name__)
+
+_READ_TIMEOUT_S = 1.0
+_MAX_BACKOFF_S = 2.0
+
+
+class EventHub:
+    """Owns this process's subscription and a map of job id → inbox (a queue of raw messages)."""
+
+    def __init__(self, redis: Redis, web_id: str) -> None:
+        self.channel = keys.reply_channel(web_id)
+        self._redis = redis
+        self._inboxes: dict[bytes, queue.SimpleQueue[bytes]] = {}
+        self._lock = threading.Lock()
+        self._subscribed = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def ensure_running(self, timeout: float = 5.0) -> None:
+        """Start the dispatcher once and wait until subscribed; QueueUnavailable if Redis is down."""
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="event-hub", daemon=True)
+                self._thread.start()
+        if not self._subscribed.wait(timeout):
+            raise QueueUnavailable("cannot reach Redis to follow jobs; the runner's queue is unavailable")
+
+    @property
+    def connected(self) -> bool:
+        """Whether the subscription is up right now."""
+        return self._subscribed.is_set()
+
+    def register(self, job_id: str) -> queue.SimpleQueue[bytes]:
+        """An inbox that receives every message about `job_id` until `unregister`."""
+        inbox: queue.SimpleQueue[bytes] = queue.SimpleQueue()
+        self._inboxes[job_id.encode()] = inbox
+        return inbox
+
+    def unregister(self, job_id: str) -> None:
+        """Stop routing messages for `job_id`."""
+        self._inboxes.pop(job_id.encode(), None)
+
+    def waiting(self) -> int:
+        """How many requests are following a job in this process."""
+        return len(self._inboxes)
+
+    def stop(self) -> None:
+        """Stop the dispatcher (tests and shutdown)."""
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join(timeout=_READ_TIMEOUT_S * 2)
+
+    def _run(self) -> None:
+        backoff = 0.1
+        while not self._stopping.is_set():
+            pubsub = self._redis.pubsub()
+            try:
+                pubsub.subscribe(self.channel)
+                while not self._stopping.is_set():
+                    message = pubsub.get_message(timeout=_READ_TIMEOUT_S)
+                    if message is None:
+                        continue
+                    kind = message["type"]
+                    if kind == "message":
+                        self._dispatch(message["data"])
+                    elif kind == "subscribe":
+                        self._subscribed.set()
+                        backoff = 0.1
+                        logger.info("event hub subscribed to %s", self.channel)
+            except (RedisError, OSError) as exc:
+                if self._subscribed.is_set():
+                    logger.warning("event hub lost Redis (%s); resubscribing", exc)
+                self._subscribed.clear()
+                self._stopping.wait(backoff)
+                backoff = min(backoff * 2, _MAX_BACKOFF_S)
+            finally:
+                with contextlib.suppress(RedisError, OSError):
+                    pubsub.close()
+        self._subscribed.clear()
+
+    def _dispatch(self, data: bytes) -> None:
+        inbox = self._inboxes.get(data.partition(b"|")[0])
+        if inbox is not None:
+            inbox.put(data)

@@ -1,0 +1,271 @@
+"""Following one job from enqueue to its last event, and cancelling it when its client leaves."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from redis.exceptions import RedisError
+from rq.exceptions import InvalidJobOperation, NoSuchJobError
+from rq.job import Job, JobStatus
+from rq.job_lifecycle import record_job_failure
+from rq.registry import StartedJobRegistry
+from rq.serializers import JSONSerializer
+
+from common import keys
+from common.errors import CapacityError, QueueUnavailable
+from common.events import TERMINAL, Done, Failed, Ping, Started, Tokens, decode
+from common.fleet import capacity, why_unserved
+from common.jobs import FAILURE_TTL_S, QUEUED_TTL_MARGIN_S, RESULT_TTL_S, GenerateJob
+from web.client import ClientWatch
+from web.runtime import Runtime
+from web.validation import LLMRequest
+
+logger = logging.getLogger(__name__)
+
+TICK_S = 0.25
+MIN_DEFAULT_QUEUE = 4
+
+Answer = Tokens | Done | Failed
+
+
+class ClientGone(Exception):
+    """The HTTP client closed its connection; nobody is left to answer."""
+
+
+@dataclass
+class JobTrace:
+    """Timings and counts of one job as the web saw them, for the log line and the metrics."""
+
+    job_id: str
+    model_id: str
+    stream: bool
+    submitted_at: float = field(default_factory=time.monotonic)
+    started_at: float | None = None
+    first_token_at: float | None = None
+    ended_at: float | None = None
+    worker: str = ""
+    gpu: str = ""
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    outcome: str = "pending"
+    reason: str = ""
+
+
+def max_queue(rt: Runtime, model_id: str) -> int:
+    """How many jobs may wait for this model: MAX_QUEUE, or twice the fleet's slots for it."""
+    if rt.settings.max_queue is not None:
+        return rt.settings.max_queue
+    return max(MIN_DEFAULT_QUEUE, 2 * capacity(rt.fleet.view(), model_id))
+
+
+class JobRelay:
+    """One request's job: placed in its model's queue, then followed through the event hub."""
+
+    def __init__(self, rt: Runtime, request: LLMRequest, watch: ClientWatch) -> None:
+        self.rt = rt
+        self.request = request
+        self.watch = watch
+        self.job_id = uuid.uuid4().hex
+        self.trace = JobTrace(self.job_id, request.model.model_id, request.stream)
+        self._inbox: queue.SimpleQueue[bytes] | None = None
+        self._finished = False
+        self._queue_deadline = 0.0
+        self._last_heard = 0.0
+
+    def submit(self) -> None:
+        """Check capacity and enqueue; raises CapacityError or QueueUnavailable, answering at once."""
+        rt, model_id = self.rt, self.request.model.model_id
+        rt.hub.ensure_running()
+        try:
+            fleet = rt.fleet.view()
+            if not any(record.serves(model_id) for record in fleet):
+                fleet = rt.fleet.view(fresh=True)  # a worker may have joined since the last read
+            if not any(record.serves(model_id) for record in fleet):
+                raise CapacityError(why_unserved(fleet, model_id), reason="no_worker")
+            q = rt.queue(model_id)
+            waiting, limit = q.count, max_queue(rt, model_id)
+            if waiting >= limit:
+                raise CapacityError(
+                    f"runner at capacity: {waiting} jobs already wait for {model_id!r} (MAX_QUEUE {limit})",
+                    reason="queue_full",
+                )
+            self._inbox = rt.hub.register(self.job_id)
+            job = GenerateJob(
+                reply_to=rt.hub.channel,
+                model_id=model_id,
+                tag=self.request.model.tag,
+                messages=self.request.messages,
+                max_tokens=self.request.max_tokens,
+                temperature=self.request.temperature,
+                top_p=self.request.top_p,
+                top_k=self.request.top_k,
+                stream=self.request.stream,
+            )
+            q.enqueue(
+                keys.GENERATE_JOB,
+                job.to_payload(),
+                job_id=self.job_id,
+                description=job.describe(),
+                job_timeout=-1,
+                result_ttl=RESULT_TTL_S,
+                failure_ttl=FAILURE_TTL_S,
+                ttl=int(rt.settings.queue_timeout_s) + QUEUED_TTL_MARGIN_S,
+            )
+        except (RedisError, OSError) as exc:
+            self._release()
+            raise QueueUnavailable(f"the runner's queue (Redis) is unavailable: {exc}") from None
+        except CapacityError as exc:
+            self._release()
+            self.trace.outcome, self.trace.reason = "rejected", exc.reason
+            raise
+        now = time.monotonic()
+        self._queue_deadline = now + rt.settings.queue_timeout_s
+        self._last_heard = now
+
+    def next_event(self) -> Answer:
+        """Block until the next Tokens, Done or Failed; raises ClientGone if the client left.
+
+        Timeouts come back as a Failed: waited too long for a slot, worker silent, shutting down.
+        """
+        assert self._inbox is not None
+        while True:
+            try:
+                raw: bytes | None = self._inbox.get(timeout=TICK_S)
+            except queue.Empty:
+                raw = None
+            now = time.monotonic()
+            if raw is not None:
+                self._last_heard = now
+                event = self._accept(raw, now)
+                if event is not None:
+                    return event
+            failure = self._check(now)
+            if failure is not None:
+                return failure
+
+    def pending(self) -> list[Answer]:
+        """Events that have already arrived, without waiting (to write several in one go)."""
+        events: list[Answer] = []
+        if self._inbox is None or self._finished:
+            return events
+        now = time.monotonic()
+        while True:
+            try:
+                raw = self._inbox.get_nowait()
+            except queue.Empty:
+                return events
+            self._last_heard = now
+            event = self._accept(raw, now)
+            if event is not None:
+                events.append(event)
+                if isinstance(event, TERMINAL):
+                    return events
+
+    def close(self) -> None:
+        """Release the inbox; a job still running is cancelled (its client is gone)."""
+        if not self._finished and self._inbox is not None:
+            self._cancel("client went away")
+            self.trace.outcome, self.trace.reason = "cancelled", "client_gone"
+        self._release()
+
+    def _release(self) -> None:
+        if self._inbox is not None:
+            self.rt.hub.unregister(self.job_id)
+            self._inbox = None
+        if self.trace.ended_at is None:
+            self.trace.ended_at = time.monotonic()
+
+    def _accept(self, raw: bytes, now: float) -> Answer | None:
+        try:
+            _, event = decode(raw)
+        except (ValueError, TypeError) as exc:
+            logger.error("job %s: undecodable event %r: %s", self.job_id, raw[:120], exc)
+            return None
+        if isinstance(event, Ping):
+            return None
+        if isinstance(event, Started):
+            self.trace.started_at = now
+            self.trace.worker, self.trace.gpu = event.worker, event.gpu
+            return None
+        if isinstance(event, Tokens):
+            if self.trace.first_token_at is None:
+                self.trace.first_token_at = now
+            self.trace.completion_tokens += event.count
+            return event
+        self._finished = True
+        if isinstance(event, Done):
+            self.trace.outcome, self.trace.reason = "ok", event.finish_reason
+            self.trace.prompt_tokens, self.trace.completion_tokens = event.prompt_tokens, event.completion_tokens
+        else:
+            self.trace.outcome, self.trace.reason = "failed", event.reason
+        return event
+
+    def _check(self, now: float) -> Failed | None:
+        if self.watch.gone():
+            self.close()
+            raise ClientGone
+        rt = self.rt
+        if rt.draining_since is not None and now - rt.draining_since >= rt.settings.shutdown_grace_s:
+            return self._give_up("the runner is shutting down; retry on another orchestrator", "shutdown")
+        if self.trace.started_at is None:
+            if now >= self._queue_deadline:
+                return self._give_up(
+                    f"runner at capacity: no slot for {self.request.model.model_id!r} became free within "
+                    f"{rt.settings.queue_timeout_s:g} s",
+                    "queue_timeout",
+                )
+        elif now - self._last_heard >= rt.settings.worker_silence_s:
+            msg = f"worker {self.trace.worker} stopped responding (silent for {now - self._last_heard:.1f} s)"
+            self._fail_abandoned(msg)
+            return self._finish_failed(msg, "worker_lost")
+        return None
+
+    def _give_up(self, msg: str, reason: str) -> Failed:
+        self._cancel(reason)
+        return self._finish_failed(msg, reason)
+
+    def _finish_failed(self, msg: str, reason: str) -> Failed:
+        self._finished = True
+        self.trace.outcome, self.trace.reason = "failed", reason
+        logger.warning("job %s: %s", self.job_id, msg)
+        return Failed(msg, 500, reason)
+
+    def _cancel(self, why: str) -> None:
+        """Tell every worker to drop the job, and take it off its queue if no worker has it yet."""
+        self._finished = True
+        redis = self.rt.redis
+        try:
+            redis.publish(keys.cancel_channel(), self.job_id)
+            if self.trace.started_at is None:
+                job = Job.fetch(self.job_id, connection=redis, serializer=JSONSerializer)
+                if job.get_status(refresh=False) == JobStatus.QUEUED:
+                    job.cancel()
+            logger.info("job %s: cancelled (%s)", self.job_id, why)
+        except (RedisError, OSError, NoSuchJobError, InvalidJobOperation) as exc:
+            logger.warning("job %s: cancel (%s) incomplete: %s", self.job_id, why, exc)
+
+    def _fail_abandoned(self, msg: str) -> None:
+        """Record a job whose worker vanished as failed, as RQ's own cleanup would, but now."""
+        redis = self.rt.redis
+        try:
+            redis.publish(keys.cancel_channel(), self.job_id)
+            job = Job.fetch(self.job_id, connection=redis, serializer=JSONSerializer)
+            if job.get_status(refresh=False) != JobStatus.STARTED:
+                return
+            registry = StartedJobRegistry(job.origin, connection=redis)
+            entries = [
+                f"{job_id}:{execution_id}"
+                for job_id, execution_id in registry.get_job_and_execution_ids(cleanup=False)
+                if job_id == self.job_id
+            ]
+            with redis.pipeline() as pipe:
+                record_job_failure(job, msg, pipe)
+                if entries:
+                    pipe.zrem(registry.key, *entries)
+                pipe.execute()
+        except (RedisError, OSError, NoSuchJobError) as exc:
+            logger.warning("job %s: could not mark it failed: %s", self.job_id, exc)

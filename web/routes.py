@@ -1,0 +1,190 @@
+"""go-livepeer's routes: /health, /version, /hardware/*, /llm, also under a per-model prefix."""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+from collections.abc import Iterator
+
+from flask import Blueprint, Response, jsonify, request
+
+from common.errors import BadRequest, RunnerError, Unauthorized
+from common.events import Done, Failed, Tokens
+from common.models import ModelSpec
+from web import answers
+from web.client import ClientWatch
+from web.relay import Answer, ClientGone, JobRelay
+from web.report import report
+from web.runtime import Runtime, runtime
+from web.sse import DONE_LINE, SSE_HEADERS, Completion
+from web.validation import parse_llm_request
+
+logger = logging.getLogger(__name__)
+
+bp = Blueprint("runner", __name__)
+JOB_ID_HEADER = "X-Job-Id"
+
+
+class UnknownPrefix(RunnerError):
+    """A path prefix that names no configured model (404)."""
+
+    status = 404
+    reason = "not_found"
+
+
+def _scope(rt: Runtime, model_id: str | None) -> ModelSpec | None:
+    """The model a per-model prefix names (None without prefix); UnknownPrefix if unknown."""
+    if model_id is None:
+        return None
+    spec = rt.settings.model(model_id)
+    if spec is None:
+        served = ", ".join(m.model_id for m in rt.settings.models)
+        raise UnknownPrefix(f"no model {model_id[:200]!r} here; this runner serves: {served}")
+    return spec
+
+
+@bp.get("/health")
+@bp.get("/<path:model_id>/health")
+def health(model_id: str | None = None) -> Response:
+    """Readiness for go-livepeer's start-up poll."""
+    rt = runtime()
+    scope = _scope(rt, model_id)
+    return jsonify(answers.health(rt.fleet.view_or_none(), rt.settings, scope.model_id if scope else None))
+
+
+@bp.get("/version")
+@bp.get("/<path:model_id>/version")
+def version(model_id: str | None = None) -> Response:
+    """Pipeline, model_id and runner version."""
+    rt = runtime()
+    scope = _scope(rt, model_id) or rt.settings.default_model
+    return jsonify(answers.version(scope.model_id))
+
+
+@bp.get("/hardware/info")
+@bp.get("/<path:model_id>/hardware/info")
+def hardware_info(model_id: str | None = None) -> Response:
+    """The fleet's GPUs (those serving the prefix's model, under a prefix)."""
+    rt = runtime()
+    scope = _scope(rt, model_id)
+    shown = scope or rt.settings.default_model
+    return jsonify(answers.hardware_info(rt.fleet.view_or_none(), shown.model_id, scope.model_id if scope else None))
+
+
+@bp.get("/hardware/stats")
+@bp.get("/<path:model_id>/hardware/stats")
+def hardware_stats(model_id: str | None = None) -> Response:
+    """The fleet's GPUs' memory and utilisation."""
+    rt = runtime()
+    scope = _scope(rt, model_id)
+    shown = scope or rt.settings.default_model
+    return jsonify(answers.hardware_stats(rt.fleet.view_or_none(), shown.model_id, scope.model_id if scope else None))
+
+
+def check_auth(expected: str | None, header: str | None) -> None:
+    """Raise Unauthorized unless the bearer token matches (when one is configured)."""
+    if expected is None:
+        return
+    scheme, _, token = (header or "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected.encode()):
+        raise Unauthorized("missing or invalid bearer token")
+
+
+@bp.post("/llm")
+@bp.post("/llm/")
+@bp.post("/<path:model_id>/llm")
+@bp.post("/<path:model_id>/llm/")
+def llm(model_id: str | None = None) -> Response:
+    """Run one chat generation: SSE when `stream` is true, one JSON answer otherwise."""
+    rt = runtime()
+    check_auth(rt.settings.auth_token, request.headers.get("Authorization"))
+    if model_id is not None and rt.settings.model(model_id) is None:
+        served = ", ".join(m.model_id for m in rt.settings.models)
+        raise BadRequest(f"unknown model {model_id[:200]!r} in the URL; this runner serves: {served}")
+    scope = _scope(rt, model_id) or rt.settings.default_model
+    req = parse_llm_request(request.get_data(cache=False), rt.settings, scope)
+    relay = JobRelay(rt, req, ClientWatch.from_environ(request.environ))
+    relay.submit()
+    try:
+        first = relay.next_event()
+        if isinstance(first, Failed):
+            raise _error(first)
+        completion = Completion.new(req.model.model_id)
+        if req.stream:
+            response = Response(
+                _stream(relay, completion, first), status=200, content_type="text/event-stream", headers=SSE_HEADERS
+            )
+        else:
+            response = jsonify(_collect(relay, completion, first))
+    except ClientGone:
+        _finish(relay)
+        return _json_error(500, "the client closed the connection")
+    except BaseException:
+        _finish(relay)
+        raise
+    response.headers[JOB_ID_HEADER] = relay.job_id
+    if not req.stream:
+        _finish(relay)
+    return response
+
+
+def _finish(relay: JobRelay) -> None:
+    relay.close()
+    report(relay.trace)
+
+
+def _error(failed: Failed) -> RunnerError:
+    if failed.status == 400:
+        return BadRequest(failed.msg, reason=failed.reason)
+    return RunnerError(failed.msg, reason=failed.reason)
+
+
+def _collect(relay: JobRelay, completion: Completion, event: Answer) -> dict[str, object]:
+    """Gather the whole answer (non-streaming)."""
+    parts: list[str] = []
+    while True:
+        if isinstance(event, Tokens):
+            parts.append(event.text_json)
+        elif isinstance(event, Done):
+            text = "".join(json.loads(f"[{','.join(parts)}]"))
+            return completion.answer(text, event.finish_reason, event.prompt_tokens, event.completion_tokens)
+        else:
+            raise _error(event)
+        event = relay.next_event()
+
+
+def _stream(relay: JobRelay, completion: Completion, first: Answer) -> Iterator[bytes]:
+    """SSE body: content chunks, then one final chunk with finish_reason and usage, then [DONE]."""
+    sent_tokens = 0
+    event = first
+    try:
+        while True:
+            out = []
+            for item in [event, *relay.pending()]:
+                if isinstance(item, Tokens):
+                    sent_tokens += item.count
+                    out.append(completion.content_chunk(item.text_json, sent_tokens))
+                elif isinstance(item, Done):
+                    out += (
+                        completion.final_chunk(item.finish_reason, item.prompt_tokens, item.completion_tokens),
+                        DONE_LINE,
+                    )
+                    yield b"".join(out)
+                    return
+                else:
+                    out += (completion.final_chunk("error", 0, sent_tokens), DONE_LINE)
+                    yield b"".join(out)
+                    return
+            yield b"".join(out)
+            event = relay.next_event()
+    except ClientGone:
+        return
+    finally:
+        _finish(relay)
+
+
+def _json_error(status: int, msg: str) -> Response:
+    response = jsonify({"detail": {"msg": msg}})
+    response.status_code = status
+    return response

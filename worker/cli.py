@@ -1,0 +1,84 @@
+"""`llm-runner`: the operator's command line (start the stack, one worker per GPU, and more)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from common.errors import ConfigError
+from common.settings import Settings
+from worker.gpu import list_gpus
+from worker.main import configure_logging
+from worker.supervise import Proc, Supervisor, embedded_redis, gpu_worker_envs, web_command, worker_command
+
+logger = logging.getLogger("llm-runner")
+
+
+def _gpus(value: str) -> list[int]:
+    """`all` (every GPU NVML sees; one worker even without a GPU) or a list like `0,2`."""
+    if value == "all":
+        return list_gpus() or [0]
+    try:
+        return [int(part) for part in value.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'all' or GPU indices like 0,1; got {value!r}") from None
+
+
+def _worker_procs(env: dict[str, str], args: argparse.Namespace) -> list[Proc]:
+    urls = [u.strip() for u in (args.ollama_urls or env.get("OLLAMA_URL", Settings.ollama_url)).split(",")]
+    envs = gpu_worker_envs(env, args.gpus, urls)
+    return [Proc(f"worker-gpu{e['GPU_INDEX']}", worker_command(), e) for e in envs]
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    """Run Redis (embedded unless REDIS_URL is set), the web front end and one worker per GPU."""
+    env = dict(os.environ)
+    procs: list[Proc] = []
+    if not env.get("REDIS_URL"):
+        procs.append(embedded_redis(env))
+    settings = Settings.from_env(env)
+    procs.append(Proc("web", web_command(settings.port), env))
+    procs += _worker_procs(env, args)
+    logger.info(
+        "runner on http://0.0.0.0:%d, Redis %s, Ollama %s", settings.port, env["REDIS_URL"], settings.ollama_url
+    )
+    return Supervisor(procs).run()
+
+
+def cmd_workers(args: argparse.Namespace) -> int:
+    """Run one worker per GPU of this host, each bound to its GPU and its Ollama."""
+    env = dict(os.environ)
+    Settings.from_env(env)
+    return Supervisor(_worker_procs(env, args)).run()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line's parser."""
+    parser = argparse.ArgumentParser(prog="llm-runner", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, func, text in (
+        ("up", cmd_up, "run the whole stack on this machine (web, workers, and Redis unless REDIS_URL is set)"),
+        ("workers", cmd_workers, "run one worker per GPU of this host against the fleet's Redis"),
+    ):
+        p = sub.add_parser(name, help=text, description=text)
+        p.add_argument("--gpus", type=_gpus, default="all", help="'all' (default) or indices such as 0,1")
+        p.add_argument(
+            "--ollama-urls",
+            help="Ollama URL per GPU, comma-separated in --gpus order (default: OLLAMA_URL for every GPU)",
+        )
+        p.set_defaults(func=func)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `llm-runner` console script."""
+    args = build_parser().parse_args(argv)
+    configure_logging(os.environ.get("LOG_LEVEL", "INFO").upper())
+    try:
+        status: int = args.func(args)
+    except ConfigError as exc:
+        print(f"configuration error: {exc.msg}", file=sys.stderr)
+        return 2
+    return status

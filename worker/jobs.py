@@ -1,0 +1,110 @@
+"""The RQ job function: one chat generation on this worker's Ollama, its events published live."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+from rq import get_current_job
+
+from common.errors import BackendError, JobCancelled
+from common.events import Done, Failed, Started, encode, encode_tokens
+from common.jobs import GenerateJob
+from worker import context
+from worker.active import Handle
+from worker.ollama_stream import ChatStream
+from worker.ollama_wire import Final, chat_body, parse_lines
+
+logger = logging.getLogger(__name__)
+
+# A fast stream is relayed in batches; an SSE chunk still carries only a few tokens.
+TOKENS_PER_EVENT = 16
+SHUTDOWN = "the worker is shutting down"
+
+
+def generate(payload: dict[str, Any]) -> dict[str, Any]:
+    """Run the job in `payload` (a GenerateJob); returns a summary RQ keeps as the job's result.
+
+    Publishes Started, Tokens…, then Done or Failed on the job's reply channel. Raises
+    BackendError (after publishing Failed) so RQ marks the job failed, or JobCancelled.
+    """
+    ctx = context.current()
+    job = get_current_job()
+    if job is None:
+        raise RuntimeError("generate() runs only as an RQ job")
+    spec = GenerateJob.from_payload(payload)
+    handle = ctx.active.start(job.id, spec.reply_to)
+    try:
+        return _relay(job.id, spec, handle)
+    finally:
+        ctx.active.finish(job.id)
+
+
+def _relay(job_id: str, spec: GenerateJob, handle: Handle) -> dict[str, Any]:
+    ctx = context.current()
+    settings = ctx.settings
+
+    def publish(message: bytes) -> None:
+        ctx.redis.publish(spec.reply_to, message)
+
+    publish(encode(job_id, Started(ctx.worker_name, ctx.gpu_label)))
+    began = time.monotonic()
+    stream = ChatStream(
+        settings.ollama_url,
+        chat_body(spec, num_ctx=settings.num_ctx, keep_alive=settings.keep_alive),
+        tag=spec.tag,
+        connect_timeout=settings.connect_timeout_s,
+        first_byte_timeout=settings.first_byte_timeout_s,
+        idle_timeout=settings.idle_timeout_s,
+    )
+    handle.attach(stream)
+    first_token_at: float | None = None
+    relayed = 0
+    final: Final | None = None
+    try:
+        stream.open()
+        for lines in stream.batches():
+            texts, final = parse_lines(lines)
+            if texts and first_token_at is None:
+                first_token_at = time.monotonic()
+            for start in range(0, len(texts), TOKENS_PER_EVENT):
+                group = texts[start : start + TOKENS_PER_EVENT]
+                publish(encode_tokens(job_id, json.dumps("".join(group), ensure_ascii=False), len(group)))
+            relayed += len(texts)
+            if final is not None:
+                break
+        if final is None:
+            raise BackendError("Ollama ended the stream without its final 'done' line", reason="truncated")
+    except (BackendError, JobCancelled) as exc:
+        if handle.cancel_reason is not None:
+            if handle.cancel_reason == SHUTDOWN:
+                publish(encode(job_id, Failed(f"{SHUTDOWN}; retry on another orchestrator", 500, "shutdown")))
+            raise JobCancelled(handle.cancel_reason) from None
+        assert isinstance(exc, BackendError)
+        publish(encode(job_id, Failed(exc.msg, exc.status, exc.reason)))
+        raise
+    finally:
+        stream.close()
+    publish(
+        encode(
+            job_id,
+            Done(
+                final.finish_reason,
+                final.prompt_eval_count,
+                final.eval_count,
+                load_ms=final.load_ns / 1e6,
+                eval_ms=final.eval_ns / 1e6,
+            ),
+        )
+    )
+    ended = time.monotonic()
+    return {
+        "finish_reason": final.finish_reason,
+        "prompt_tokens": final.prompt_eval_count,
+        "completion_tokens": final.eval_count,
+        "relayed_tokens": relayed,
+        "ttft_ms": round((first_token_at - began) * 1000, 1) if first_token_at else None,
+        "duration_ms": round((ended - began) * 1000, 1),
+    }

@@ -1,0 +1,139 @@
+"""`python -m worker`: one RQ worker bound to one GPU and that GPU's Ollama."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+from types import FrameType
+
+from common import fleet, keys
+from common.errors import ConfigError
+from common.fleet import READY, STOPPING, WorkerRecord
+from common.redis_client import make_redis
+from common.settings import Settings
+from common.version import __version__
+from worker import context
+from worker.active import ActiveJobs
+from worker.gpu import GpuMonitor
+from worker.heartbeat import Heartbeat
+from worker.ollama_admin import OllamaAdmin
+from worker.provision import assess_models, vram_budget, wait_for_ollama, warm_default
+from worker.slots import DEQUEUE_TIMEOUT_S, SlotWorker
+
+logger = logging.getLogger("worker")
+
+
+def configure_logging(level: str) -> None:
+    """Plain timestamped lines on stderr, for the entry points only."""
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s [%(process)d]: %(message)s", stream=sys.stderr
+    )
+
+
+def main() -> int:
+    """Run the worker until SIGTERM/SIGINT; exit status 2 for a configuration error."""
+    try:
+        settings = Settings.from_env(os.environ)
+    except ConfigError as exc:
+        print(f"configuration error: {exc.msg}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level)
+    run(settings)
+    return 0
+
+
+def run(settings: Settings) -> None:
+    """Provision this worker's Ollama, announce it to the fleet, then serve jobs until stopped."""
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        logger.info("stop requested (signal %d) while starting", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+    redis = make_redis(settings.redis_url, command_timeout_s=DEQUEUE_TIMEOUT_S + 5)
+    gpu = GpuMonitor(settings.gpu_index)
+    info = gpu.read()
+    budget = vram_budget(settings, info.memory_total if info else None)
+    host = socket.gethostname()
+    label = f"gpu{settings.gpu_index}" if info or settings.vram_mb else "cpu"
+    name = f"{host}.{label}.{os.getpid()}"
+    if info:
+        logger.info("GPU %d: %s, %.1f GiB (%s)", info.index, info.name, info.memory_total / 2**30, info.uuid)
+    elif settings.vram_mb:
+        logger.info("no GPU through NVML (%s); VRAM_MB=%d is taken as this GPU's memory", gpu.error, settings.vram_mb)
+    else:
+        logger.warning("no GPU through NVML (%s) and no VRAM_MB: running as a CPU worker, no VRAM bound", gpu.error)
+
+    record = WorkerRecord(
+        name=name,
+        host=host,
+        pid=os.getpid(),
+        version=__version__,
+        ollama_url=settings.ollama_url,
+        slots=settings.slots,
+        gpu=info,
+        vram_budget=budget,
+    )
+    admin = OllamaAdmin(settings.ollama_url)
+    active = ActiveJobs()
+    context.install(context.WorkerContext(settings, redis, name, label, active))
+    heartbeat = Heartbeat(redis, record, gpu, active, admin)
+    _until_redis(heartbeat, stop)
+    try:
+        if wait_for_ollama(admin, stop) is None:
+            return
+        record.models = assess_models(admin, settings, budget)
+        heartbeat.announce()
+        warm_default(admin, settings, record.models)
+        served = [m.model_id for m in settings.models if record.can_serve(m.model_id)]
+        if not served:
+            logger.error("this worker can serve none of the configured models; it stays idle (see above why)")
+            record.state = READY
+            heartbeat.announce()
+            stop.wait()
+            return
+        worker = SlotWorker(
+            [keys.queue_name(m) for m in served],
+            connection=redis,
+            name=name,
+            slots=settings.slots,
+            active=active,
+            grace_s=settings.shutdown_grace_s,
+        )
+        heartbeat.worker = worker
+        heartbeat.poll_loaded()
+        record.state = READY
+        heartbeat.announce()
+        if stop.is_set():
+            return
+        worker.work_until_stopped()
+    finally:
+        record.state = STOPPING
+        heartbeat.stop()
+        try:
+            fleet.withdraw(redis, name)
+        except Exception as exc:
+            logger.warning("could not withdraw from the fleet registry: %s", exc)
+        logger.info("worker %s stopped", name)
+
+
+def _until_redis(heartbeat: Heartbeat, stop: threading.Event) -> None:
+    """Start the heartbeat once Redis answers (waits, logging once, while it does not)."""
+    delay, warned = 0.5, False
+    while not stop.is_set():
+        try:
+            heartbeat.start()
+            return
+        except Exception as exc:
+            if not warned:
+                logger.warning("waiting for Redis: %s", exc)
+                warned = True
+        stop.wait(delay)
+        delay = min(delay * 2, 5.0)

@@ -1,0 +1,98 @@
+"""Ollama's management calls (version, tags, show, ps, pull, preload) over `requests`."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import requests
+
+from common.errors import BackendError
+from worker.ollama_wire import error_for_status
+
+ADMIN_TIMEOUT_S = 10.0
+
+
+def normalize_tag(tag: str) -> str:
+    """Ollama's canonical form of a tag: `name` means `name:latest`."""
+    return tag if ":" in tag.rsplit("/", 1)[-1] else f"{tag}:latest"
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """A model Ollama holds in memory: total size and how much of it is in VRAM."""
+
+    size: int
+    size_vram: int
+
+
+class OllamaAdmin:
+    """Client for one Ollama's management API; every failure becomes a BackendError."""
+
+    def __init__(self, base_url: str, *, session: requests.Session | None = None, timeout: float = ADMIN_TIMEOUT_S):
+        self.base_url = base_url.rstrip("/")
+        self._session = session or requests.Session()
+        self._timeout = timeout
+
+    def _call(self, method: str, path: str, *, timeout: float | None = None, **kwargs: Any) -> requests.Response:
+        url = f"{self.base_url}{path}"
+        try:
+            response = self._session.request(method, url, timeout=timeout or self._timeout, **kwargs)
+        except requests.RequestException as exc:
+            raise BackendError(f"Ollama at {self.base_url} is unreachable: {exc}", reason="unreachable") from None
+        if response.status_code != 200:
+            tag = str((kwargs.get("json") or {}).get("model", ""))
+            raise error_for_status(response.status_code, response.content, tag=tag, url=self.base_url)
+        return response
+
+    def version(self) -> str:
+        """Ollama's version string."""
+        return str(self._call("GET", "/api/version").json().get("version", "?"))
+
+    def tags(self) -> dict[str, int]:
+        """Installed models: normalised tag → bytes on disk."""
+        models = self._call("GET", "/api/tags").json().get("models") or []
+        return {normalize_tag(m["name"]): int(m.get("size", 0)) for m in models if isinstance(m, dict) and "name" in m}
+
+    def show(self, tag: str) -> dict[str, Any]:
+        """The model's `model_info` (architecture numbers for the KV estimate)."""
+        info = self._call("POST", "/api/show", json={"model": tag}).json().get("model_info") or {}
+        return info if isinstance(info, dict) else {}
+
+    def ps(self) -> dict[str, Loaded]:
+        """Loaded models: normalised tag → sizes."""
+        models = self._call("GET", "/api/ps").json().get("models") or []
+        return {
+            normalize_tag(m["name"]): Loaded(int(m.get("size", 0)), int(m.get("size_vram", 0)))
+            for m in models
+            if isinstance(m, dict) and "name" in m
+        }
+
+    def pull(self, tag: str, on_progress: Callable[[dict[str, Any]], None], *, timeout: float = 3600.0) -> None:
+        """Pull a model, reporting each progress line; raises BackendError if the pull fails."""
+        response = self._call("POST", "/api/pull", json={"model": tag, "stream": True}, stream=True, timeout=timeout)
+        with response:
+            last: dict[str, Any] = {}
+            for line in response.iter_lines():
+                if not line:
+                    continue
+                try:
+                    last = json.loads(line)
+                except ValueError:
+                    continue
+                if "error" in last:
+                    raise BackendError(f"pulling {tag!r} failed: {last['error']}", reason="pull_failed")
+                on_progress(last)
+        if last.get("status") != "success":
+            raise BackendError(f"pulling {tag!r} ended without success", reason="pull_failed")
+
+    def preload(self, tag: str, *, num_ctx: int, keep_alive: int | str, timeout: float) -> None:
+        """Load a model into memory with the options jobs will use, so the first job is warm."""
+        self._call(
+            "POST",
+            "/api/chat",
+            json={"model": tag, "messages": [], "keep_alive": keep_alive, "options": {"num_ctx": num_ctx}},
+            timeout=timeout,
+        )

