@@ -12,7 +12,17 @@ import pytest
 from redis import Redis
 
 from tests.fake_ollama import FakeOllama
-from tests.stack import Stack, free_port
+from tests.stack import RUNNING, Stack, free_port
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """Attach the runner processes' logs to a failing test's report."""
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if report.failed and RUNNING:
+        for stack in RUNNING:
+            report.sections.append(("runner processes", stack.logs()))
 
 
 class RedisServer:

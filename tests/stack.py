@@ -24,6 +24,8 @@ from worker.supervise import web_command, worker_command
 REPO = Path(__file__).resolve().parent.parent
 FAKE_NVML = REPO / "tests" / "fake_nvml"
 T = TypeVar("T")
+# Stacks still running, whose logs a failing test's report shows (see conftest).
+RUNNING: list[Stack] = []
 
 
 def free_port() -> int:
@@ -81,6 +83,7 @@ class Stack:
         self.redis = Redis.from_url(redis_url)
         self.processes: list[Process] = []
         self.web_url = ""
+        RUNNING.append(self)
 
     def env(self, **overrides: Any) -> dict[str, str]:
         """The environment for a runner process: this Redis, the fake pynvml first on the path."""
@@ -162,3 +165,5 @@ class Stack:
                 proc.popen.kill()
                 proc.popen.wait()
         self.redis.close()
+        if self in RUNNING:
+            RUNNING.remove(self)

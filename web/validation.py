@@ -52,9 +52,11 @@ def _load_json(body: bytes) -> Any:
     if not body.strip():
         raise BadRequest("request body is empty; send a JSON object with a 'messages' list")
     try:
-        return json.loads(body, parse_constant=_reject_constant)
+        text = body.decode("utf-8")
     except UnicodeDecodeError:
         raise BadRequest("request body is not valid UTF-8") from None
+    try:
+        return json.loads(text, parse_constant=_reject_constant)
     except RecursionError:
         raise BadRequest("request body is nested too deeply") from None
     except ValueError as exc:

@@ -66,13 +66,17 @@ def _relay(job_id: str, spec: GenerateJob, handle: Handle) -> dict[str, Any]:
     try:
         stream.open()
         for lines in stream.batches():
-            texts, final = parse_lines(lines)
+            parsed = parse_lines(lines)
+            texts = parsed.texts
             if texts and first_token_at is None:
                 first_token_at = time.monotonic()
             for start in range(0, len(texts), TOKENS_PER_EVENT):
                 group = texts[start : start + TOKENS_PER_EVENT]
                 publish(encode_tokens(job_id, json.dumps("".join(group), ensure_ascii=False), len(group)))
             relayed += len(texts)
+            if parsed.error is not None:
+                raise parsed.error
+            final = parsed.final
             if final is not None:
                 break
         if final is None:

@@ -51,35 +51,48 @@ def _count(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
 
 
-def parse_lines(lines: list[bytes]) -> tuple[list[str], Final | None]:
-    """Parse complete NDJSON lines into token texts and, if present, the final record.
+@dataclass(slots=True)
+class Parsed:
+    """What a batch of lines held: token texts, then maybe the final record or an error."""
 
-    Raises BackendError for an `{"error": ...}` line or a line that is not an Ollama chat object.
+    texts: list[str]
+    final: Final | None = None
+    error: BackendError | None = None
+
+
+def parse_lines(lines: list[bytes]) -> Parsed:
+    """Parse complete NDJSON lines: token texts up to the final record or the first bad line.
+
+    An `{"error": ...}` line, or one that is not an Ollama chat object, ends the batch with
+    `error` set; the texts before it are kept, since they were generated and must be relayed.
     """
-    texts: list[str] = []
+    parsed = Parsed([])
     for raw in lines:
         try:
             obj = json.loads(raw)
         except ValueError:
-            raise BackendError(f"Ollama sent a line that is not JSON: {raw[:120]!r}", reason="protocol") from None
+            obj = None
         if not isinstance(obj, dict):
-            raise BackendError(f"Ollama sent an unexpected line: {raw[:120]!r}", reason="protocol")
+            parsed.error = BackendError(f"Ollama sent an unexpected line: {raw[:120]!r}", reason="protocol")
+            return parsed
         error = obj.get("error")
         if error is not None:
-            raise BackendError(f"Ollama failed mid-stream: {error}", reason="stream_error")
+            parsed.error = BackendError(f"Ollama failed mid-stream: {error}", reason="stream_error")
+            return parsed
         message = obj.get("message")
         content = message.get("content") if isinstance(message, dict) else None
         if isinstance(content, str) and content:
-            texts.append(content)
+            parsed.texts.append(content)
         if obj.get("done") is True:
-            return texts, Final(
+            parsed.final = Final(
                 done_reason=str(obj.get("done_reason") or "stop"),
                 prompt_eval_count=_count(obj.get("prompt_eval_count")),
                 eval_count=_count(obj.get("eval_count")),
                 load_ns=_count(obj.get("load_duration")),
                 eval_ns=_count(obj.get("eval_duration")),
             )
-    return texts, None
+            return parsed
+    return parsed
 
 
 def error_for_status(status: int, body: bytes, *, tag: str, url: str) -> BackendError:

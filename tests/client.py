@@ -1,0 +1,48 @@
+"""HTTP helpers for tests: one connection per call, closed after, so servers stop promptly."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import requests
+
+CLOSE = {"Connection": "close"}
+
+
+def call(method: str, url: str, *, token: str | None = None, timeout: float = 30.0, **kwargs: Any) -> requests.Response:
+    """A whole request/response on a fresh connection."""
+    headers = {**CLOSE, **kwargs.pop("headers", {})}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    with requests.Session() as session:
+        response = session.request(method, url, headers=headers, timeout=timeout, **kwargs)
+        response.content  # noqa: B018 - read it all before the session closes
+        return response
+
+
+def split_lines(chunks: Iterator[bytes]) -> Iterator[bytes]:
+    """Lines as go-livepeer's scanner sees them: split on \\n, a trailing \\r dropped."""
+    pending = b""
+    for chunk in chunks:
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        for line in lines:
+            yield line.removesuffix(b"\r")
+    if pending:
+        yield pending
+
+
+def stream(
+    url: str, body: dict[str, Any], *, token: str | None = None, timeout: float = 30.0
+) -> tuple[requests.Response, list[bytes]]:
+    """POST a streaming request and read every line of the answer."""
+    headers = dict(CLOSE)
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    with (
+        requests.Session() as session,
+        session.post(url, json=body, headers=headers, stream=True, timeout=timeout) as response,
+    ):
+        lines = list(split_lines(response.iter_content(chunk_size=None)))
+    return response, lines
