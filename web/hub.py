@@ -35,7 +35,7 @@ class EventHub:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def ensure_running(self, timeout: float = 5.0) -> None:
+    def ensure_running(self, timeout: float = 2.0) -> None:
         """Start the dispatcher once and wait until subscribed; QueueUnavailable if Redis is down."""
         with self._lock:
             if self._thread is None:

@@ -106,6 +106,9 @@ class SlotWorker(BaseWorker):
 
     def beat(self) -> None:
         """Refresh RQ's records of this worker and of each running execution (heartbeat thread)."""
+        if not self.connection.exists(self.key):
+            # Redis lost its data (restarted without persistence): announce this worker again.
+            self.register_birth()  # type: ignore[no-untyped-call]
         self.heartbeat()
         for execution in list(self.executions.values()):
             job = execution.job
