@@ -13,6 +13,7 @@ from redis import Redis
 
 from tests.fake_ollama import FakeOllama
 from tests.stack import RUNNING, Stack, free_port
+from worker.supervise import redis_server_binary
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -77,7 +78,7 @@ class RedisServer:
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
     """A real redis-server for the whole session (skipped locally if missing, fatal under CI)."""
-    binary = shutil.which("redis-server")
+    binary = redis_server_binary()
     if binary is None:
         if os.environ.get("CI"):
             pytest.fail("redis-server is required under CI (install the redis-server package)")

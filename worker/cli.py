@@ -37,7 +37,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     env = dict(os.environ)
     procs: list[Proc] = []
     if not env.get("REDIS_URL"):
-        procs.append(embedded_redis(env))
+        procs.append(embedded_redis(env, args.redis_port))
     settings = Settings.from_env(env)
     procs.append(Proc("web", web_command(settings.port), env))
     procs += _worker_procs(env, args)
@@ -69,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
             help="Ollama URL per GPU, comma-separated in --gpus order (default: OLLAMA_URL for every GPU)",
         )
         p.set_defaults(func=func)
+        if name == "up":
+            p.add_argument("--redis-port", type=int, help="port of the embedded Redis (default 6379, or a free one)")
     return parser
 
 

