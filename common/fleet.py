@@ -60,6 +60,7 @@ class WorkerRecord:
     gpu: GpuInfo | None = None
     vram_budget: int | None = None
     models: dict[str, ModelFit] = field(default_factory=dict)
+    listening: list[str] = field(default_factory=list)
     updated: float = 0.0
 
     def can_serve(self, model_id: str) -> bool:

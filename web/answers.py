@@ -1,10 +1,11 @@
-"""The small JSON answers go-livepeer reads once at start: health, version, hardware."""
+"""The small JSON answers: health, version, hardware (go-livepeer reads them once), and the fleet."""
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 
-from common.fleet import WorkerRecord, fleet_status, model_status
+from common.fleet import WorkerRecord, capacity, fleet_status, model_status, why_unserved
 from common.settings import Settings
 from common.version import __version__
 
@@ -26,18 +27,18 @@ def version(model_id: str) -> dict[str, str]:
 
 
 def _gpus(records: list[WorkerRecord], model_id: str | None) -> dict[str, WorkerRecord]:
-    """The fleet's GPUs (one record each), keyed by index, or host/index across several hosts."""
-    chosen = [r for r in records if r.gpu is not None and (model_id is None or r.serves(model_id))]
-    several_hosts = len({r.host for r in chosen}) > 1
+    """The fleet's GPUs, one record each, numbered "0", "1", … in (host, GPU index) order.
+
+    A fleet spans hosts and containers (each of which numbers its own GPUs from 0), so the keys
+    are positions in the fleet; each entry's `id` is the GPU's UUID.
+    """
     gpus: dict[str, WorkerRecord] = {}
     seen: set[str] = set()
-    for record in chosen:
-        assert record.gpu is not None
-        if record.gpu.uuid in seen:
+    for record in records:  # read_fleet sorts by host, then GPU index
+        if record.gpu is None or record.gpu.uuid in seen or (model_id is not None and not record.serves(model_id)):
             continue
         seen.add(record.gpu.uuid)
-        key = f"{record.host}/{record.gpu.index}" if several_hosts else str(record.gpu.index)
-        gpus[key] = record
+        gpus[str(len(gpus))] = record
     return gpus
 
 
@@ -73,3 +74,20 @@ def hardware_stats(records: list[WorkerRecord] | None, model_id: str, scope: str
             "utilization_memory": gpu.utilization_memory,
         }
     return {"pipeline": PIPELINE, "model_id": model_id, "gpu_stats": stats}
+
+
+def fleet(records: list[WorkerRecord] | None, settings: Settings) -> dict[str, Any]:
+    """`/fleet` (for operators): each model's capacity and status, and every worker's announcement."""
+    if records is None:
+        return {"redis": "unreachable", "models": {}, "workers": []}
+    models = {}
+    for spec in settings.models:
+        cap = capacity(records, spec.model_id)
+        models[spec.model_id] = {
+            "tag": spec.tag,
+            "status": model_status(records, spec.model_id),
+            "capacity": cap,
+            "workers": [r.name for r in records if r.serves(spec.model_id)],
+            "note": "" if cap else why_unserved(records, spec.model_id),
+        }
+    return {"redis": "ok", "models": models, "workers": [asdict(r) for r in records]}

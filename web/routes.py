@@ -82,6 +82,13 @@ def hardware_stats(model_id: str | None = None) -> Response:
     return jsonify(answers.hardware_stats(rt.fleet.view_or_none(), shown.model_id, scope.model_id if scope else None))
 
 
+@bp.get("/fleet")
+def fleet() -> Response:
+    """For operators: per-model capacity (what to put in aiModels.json) and every worker's state."""
+    rt = runtime()
+    return jsonify(answers.fleet(rt.fleet.view_or_none(), rt.settings))
+
+
 def check_auth(expected: str | None, header: str | None) -> None:
     """Raise Unauthorized unless the bearer token matches (when one is configured)."""
     if expected is None:

@@ -9,6 +9,7 @@ import sys
 
 from common.errors import ConfigError
 from common.settings import Settings
+from worker import compose
 from worker.gpu import list_gpus
 from worker.main import configure_logging
 from worker.supervise import Proc, Supervisor, embedded_redis, gpu_worker_envs, web_command, worker_command
@@ -71,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
         if name == "up":
             p.add_argument("--redis-port", type=int, help="port of the embedded Redis (default 6379, or a free one)")
+    compose.add_parser(sub)
     return parser
 
 

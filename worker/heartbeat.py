@@ -16,6 +16,7 @@ from common.fleet import WorkerRecord
 from worker.active import ActiveJobs
 from worker.gpu import GpuMonitor
 from worker.ollama_admin import OllamaAdmin, normalize_tag
+from worker.routing import listen_order
 from worker.slots import SlotWorker
 
 logger = logging.getLogger(__name__)
@@ -23,7 +24,7 @@ logger = logging.getLogger(__name__)
 # The web counts a worker lost after WORKER_SILENCE_S without an event; pings come well inside it.
 PING_S = 1.0
 RQ_BEAT_S = 5.0
-LOADED_POLL_S = 5.0
+LOADED_POLL_S = 2.0
 
 
 class Heartbeat:
@@ -78,7 +79,7 @@ class Heartbeat:
                 logger.warning("heartbeat: Redis unavailable: %s", exc)
             if self.worker is not None and now >= next_poll:
                 next_poll = now + LOADED_POLL_S
-                self.poll_loaded()
+                self.refresh_routing()
 
     def _ping(self) -> None:
         handles = self.active.snapshot()
@@ -89,26 +90,38 @@ class Heartbeat:
                 pipe.publish(handle.reply_to, encode(handle.job_id, Ping()))
             pipe.execute()
 
-    def poll_loaded(self) -> None:
-        """Note which models Ollama holds, and listen to their queues first (no reload for them)."""
+    def refresh_routing(self) -> None:
+        """Note which models Ollama holds, then listen to warm queues first, cold ones only if needed."""
         try:
             loaded = self.admin.ps()
         except BackendError as exc:
             logger.warning("heartbeat: cannot read Ollama's loaded models: %s", exc.msg)
             return
-        warm: list[str] = []
-        cold: list[str] = []
-        for model_id, fit in self.record.models.items():
+        for fit in self.record.models.values():
             tag = normalize_tag(fit.tag)
             fit.loaded = tag in loaded
-            (warm if fit.loaded else cold).append(keys.queue_name(model_id))
             if fit.loaded and loaded[tag].size_vram < loaded[tag].size and tag not in self._offloaded_warned:
                 self._offloaded_warned.add(tag)
                 logger.warning(
                     "%s is only partly on the GPU (%.2f of %.2f GiB in VRAM): it runs several times slower",
-                    fit.tag,
-                    loaded[tag].size_vram / 2**30,
-                    loaded[tag].size / 2**30,
-                )
-        if self.worker is not None:
-            self.worker.set_queue_order(warm + cold)
+                    fit.tag, loaded[tag].size_vram / 2**30, loaded[tag].size / 2**30,
+                )  # fmt: skip
+        worker = self.worker
+        if worker is None:
+            return
+        try:
+            others = [r for r in fleet.read_fleet(self.redis) if r.name != self.record.name]
+            with self.redis.pipeline(transaction=False) as pipe:
+                for queue in worker.queues:
+                    pipe.llen(queue.key)
+                lengths = pipe.execute()
+        except (RedisError, OSError) as exc:
+            logger.warning("heartbeat: cannot read the fleet: %s", exc)
+            return
+        by_queue = dict(zip([q.name for q in worker.queues], lengths, strict=True))
+        waiting = {m: by_queue.get(keys.queue_name(m), 0) for m in self.record.models}
+        order = listen_order(self.record, others, waiting)
+        if order != self.record.listening:
+            logger.info("listening on: %s", ", ".join(order) or "nothing (every model is warm elsewhere)")
+        self.record.listening = order
+        worker.set_queue_order([keys.queue_name(m) for m in order])

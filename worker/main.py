@@ -89,7 +89,9 @@ def run(settings: Settings) -> None:
     try:
         if wait_for_ollama(admin, stop) is None:
             return
-        record.models = assess_models(admin, settings, budget)
+        record.models = assess_models(admin, settings, budget, stop)
+        if stop.is_set():
+            return
         heartbeat.announce()
         warm_default(admin, settings, record.models)
         served = [m.model_id for m in settings.models if record.can_serve(m.model_id)]
@@ -108,7 +110,7 @@ def run(settings: Settings) -> None:
             grace_s=settings.shutdown_grace_s,
         )
         heartbeat.worker = worker
-        heartbeat.poll_loaded()
+        heartbeat.refresh_routing()
         record.state = READY
         heartbeat.announce()
         if stop.is_set():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -13,6 +14,7 @@ from common.errors import BackendError
 from worker.ollama_wire import error_for_status
 
 ADMIN_TIMEOUT_S = 10.0
+PULL_IDLE_S = 120.0
 
 
 def normalize_tag(tag: str) -> str:
@@ -70,12 +72,21 @@ class OllamaAdmin:
             if isinstance(m, dict) and "name" in m
         }
 
-    def pull(self, tag: str, on_progress: Callable[[dict[str, Any]], None], *, timeout: float = 3600.0) -> None:
-        """Pull a model, reporting each progress line; raises BackendError if the pull fails."""
-        response = self._call("POST", "/api/pull", json={"model": tag, "stream": True}, stream=True, timeout=timeout)
+    def pull(
+        self, tag: str, on_progress: Callable[[dict[str, Any]], None], *, stop: threading.Event | None = None
+    ) -> None:
+        """Pull a model, reporting each progress line; BackendError if it fails or `stop` is set.
+
+        Progress lines come at least every few seconds, so the read timeout bounds a stalled pull.
+        """
+        response = self._call(
+            "POST", "/api/pull", json={"model": tag, "stream": True}, stream=True, timeout=PULL_IDLE_S
+        )
         with response:
             last: dict[str, Any] = {}
             for line in response.iter_lines():
+                if stop is not None and stop.is_set():
+                    raise BackendError(f"pulling {tag!r} interrupted: the worker is stopping", reason="pull_failed")
                 if not line:
                     continue
                 try:

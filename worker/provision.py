@@ -62,17 +62,24 @@ class _PullLog:
             logger.info("pulling %s: %s", self.tag, line.get("status"))
 
 
-def assess_models(admin: OllamaAdmin, settings: Settings, budget: int | None) -> dict[str, ModelFit]:
+def assess_models(
+    admin: OllamaAdmin, settings: Settings, budget: int | None, stop: threading.Event
+) -> dict[str, ModelFit]:
     """For each configured model: install it if missing (PULL_MODELS), estimate its VRAM, decide fit."""
     installed = admin.tags()
     fits: dict[str, ModelFit] = {}
     for spec in settings.models:
-        fits[spec.model_id] = _assess(admin, settings, budget, spec, installed)
+        fits[spec.model_id] = _assess(admin, settings, budget, spec, installed, stop)
     return fits
 
 
 def _assess(
-    admin: OllamaAdmin, settings: Settings, budget: int | None, spec: ModelSpec, installed: dict[str, int]
+    admin: OllamaAdmin,
+    settings: Settings,
+    budget: int | None,
+    spec: ModelSpec,
+    installed: dict[str, int],
+    stop: threading.Event,
 ) -> ModelFit:
     tag = normalize_tag(spec.tag)
     fit = ModelFit(tag=spec.tag)
@@ -83,7 +90,7 @@ def _assess(
             return fit
         logger.info("model %s: %s is not installed; pulling it", spec.model_id, spec.tag)
         try:
-            admin.pull(spec.tag, _PullLog(spec.tag))
+            admin.pull(spec.tag, _PullLog(spec.tag), stop=stop)
             installed = admin.tags()
         except BackendError as exc:
             fit.note = exc.msg

@@ -94,11 +94,9 @@ class SlotWorker(BaseWorker):
         return self._running
 
     def set_queue_order(self, queue_names: list[str]) -> None:
-        """Listen on these queues in this order (warm models first); unknown names are ignored."""
+        """Take jobs from exactly these of its queues, in this order (none: take nothing for now)."""
         by_name = {q.name: q for q in self.queues}
-        ordered = [by_name[n] for n in queue_names if n in by_name]
-        ordered += [q for q in self.queues if q not in ordered]
-        self._ordered_queues = ordered
+        self._ordered_queues = [by_name[n] for n in queue_names if n in by_name]
 
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
         """Executions expire soon after their heartbeats stop, so RQ reclaims a dead worker's jobs."""
@@ -184,6 +182,9 @@ class SlotWorker(BaseWorker):
         if self.should_run_maintenance_tasks:
             self.run_maintenance_tasks()  # type: ignore[no-untyped-call]
             self._prune_canceled()
+        if not self._ordered_queues:
+            self._stop.wait(DEQUEUE_TIMEOUT_S)
+            return False
         try:
             result = self.queue_class.dequeue_any(
                 self._ordered_queues,
