@@ -103,7 +103,8 @@ class Stack:
                 env[key] = str(value)
         return env
 
-    def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> Process:
+    def spawn(self, name: str, argv: list[str], env: dict[str, str]) -> Process:
+        """Start any process with its output in a log file."""
         log = self.tmpdir / f"{name}-{len(self.processes)}.log"
         with open(log, "wb") as out:
             popen = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=str(REPO))
@@ -116,7 +117,7 @@ class Stack:
         port = free_port()
         argv = web_command(port)
         argv[0] = shutil.which("gunicorn") or argv[0]
-        proc = self._spawn("web", argv, self.env(PORT=port, **env))
+        proc = self.spawn("web", argv, self.env(PORT=port, **env))
         self.web_url = f"http://127.0.0.1:{port}"
         self._wait(proc, lambda: requests.get(f"{self.web_url}/health", timeout=1).json(), "web /health")
         return proc
@@ -125,7 +126,7 @@ class Stack:
         """`python -m worker`; waits until it announces itself ready in the fleet registry."""
         argv = worker_command()
         argv[0] = sys.executable
-        proc = self._spawn("worker", argv, self.env(**env))
+        proc = self.spawn("worker", argv, self.env(**env))
         if wait_ready:
             self.wait_worker_ready(proc)
         return proc
