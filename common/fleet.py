@@ -16,6 +16,7 @@ HEARTBEAT_S = 2.0
 RECORD_TTL_S = 6
 
 PROVISIONING, READY, STOPPING = "provisioning", "ready", "stopping"
+WORKER_DEATHS = "worker_deaths"
 
 
 @dataclass
@@ -122,9 +123,24 @@ def read_fleet(redis: Redis) -> list[WorkerRecord]:
         except (ValueError, TypeError, KeyError):
             gone.append(name)
     if gone:
-        redis.srem(keys.fleet_set(), *gone)
+        _forget(redis, gone)
     records.sort(key=lambda r: (r.host, r.gpu.index if r.gpu else -1, r.name))
     return records
+
+
+def _forget(redis: Redis, names: list[str]) -> None:
+    """Drop workers whose record expired: they died without withdrawing. Count each death once."""
+    with redis.pipeline(transaction=False) as pipe:
+        for name in names:
+            pipe.srem(keys.fleet_set(), name)
+        removed = sum(pipe.execute())
+    if removed:
+        redis.hincrby(keys.metrics_counters(), WORKER_DEATHS, removed)
+
+
+def worker_deaths(redis: Redis) -> int:
+    """Workers seen to vanish without a clean shutdown, fleet-wide, since Redis started."""
+    return int(redis.hget(keys.metrics_counters(), WORKER_DEATHS) or 0)
 
 
 def capacity(records: list[WorkerRecord], model_id: str) -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import tempfile
 from types import FrameType
 from typing import Any
 
@@ -45,6 +46,25 @@ graceful_timeout = int(_grace) + 5
 timeout = 30
 # The control socket lives at one path per user; several runners on a host would collide.
 control_socket_disable = True
+
+
+def on_starting(server: Any) -> None:
+    """Give prometheus_client's multiprocess mode a fresh directory shared by the workers."""
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if directory:
+        os.makedirs(directory, exist_ok=True)
+        for name in os.listdir(directory):
+            if name.endswith(".db"):
+                os.remove(os.path.join(directory, name))
+    else:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="llm-runner-metrics-")
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    """Let the metrics of a gunicorn worker that exited stop counting as live."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
 
 
 def post_worker_init(worker: Any) -> None:

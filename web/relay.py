@@ -51,6 +51,7 @@ class JobTrace:
     gpu: str = ""
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    eval_ms: float = 0.0
     outcome: str = "pending"
     reason: str = ""
 
@@ -73,6 +74,7 @@ class JobRelay:
         self.trace = JobTrace(self.job_id, request.model.model_id, request.stream)
         self._inbox: queue.SimpleQueue[bytes] | None = None
         self._finished = False
+        self.recorded = False  # set once its metrics and log line are written
         self._queue_deadline = 0.0
         self._last_heard = 0.0
 
@@ -200,6 +202,7 @@ class JobRelay:
         if isinstance(event, Done):
             self.trace.outcome, self.trace.reason = "ok", event.finish_reason
             self.trace.prompt_tokens, self.trace.completion_tokens = event.prompt_tokens, event.completion_tokens
+            self.trace.eval_ms = event.eval_ms
         else:
             self.trace.outcome, self.trace.reason = "failed", event.reason
         return event

@@ -9,10 +9,10 @@ from collections.abc import Iterator
 
 from flask import Blueprint, Response, jsonify, request
 
-from common.errors import BadRequest, RunnerError, Unauthorized
+from common.errors import BadRequest, QueueUnavailable, RunnerError, Unauthorized
 from common.events import Done, Failed, Tokens
 from common.models import ModelSpec
-from web import answers
+from web import answers, metrics
 from web.client import ClientWatch
 from web.relay import Answer, ClientGone, JobRelay
 from web.report import report
@@ -105,23 +105,35 @@ def check_auth(expected: str | None, header: str | None) -> None:
 def llm(model_id: str | None = None) -> Response:
     """Run one chat generation: SSE when `stream` is true, one JSON answer otherwise."""
     rt = runtime()
-    check_auth(rt.settings.auth_token, request.headers.get("Authorization"))
-    if model_id is not None and rt.settings.model(model_id) is None:
-        served = ", ".join(m.model_id for m in rt.settings.models)
-        raise BadRequest(f"unknown model {model_id[:200]!r} in the URL; this runner serves: {served}")
-    scope = _scope(rt, model_id) or rt.settings.default_model
-    req = parse_llm_request(request.get_data(cache=False), rt.settings, scope)
+    try:
+        check_auth(rt.settings.auth_token, request.headers.get("Authorization"))
+    except Unauthorized:
+        metrics.observe_refusal("", "unauthorized")
+        raise
+    try:
+        if model_id is not None and rt.settings.model(model_id) is None:
+            served = ", ".join(m.model_id for m in rt.settings.models)
+            raise BadRequest(f"unknown model {model_id[:200]!r} in the URL; this runner serves: {served}")
+        scope = _scope(rt, model_id) or rt.settings.default_model
+        req = parse_llm_request(request.get_data(cache=False), rt.settings, scope)
+    except BadRequest:
+        metrics.observe_refusal("", "bad_request")
+        raise
     relay = JobRelay(rt, req, ClientWatch.from_environ(request.environ))
-    relay.submit()
+    try:
+        relay.submit()
+    except RunnerError as exc:
+        metrics.observe_refusal(req.model.model_id, "unavailable" if isinstance(exc, QueueUnavailable) else "rejected")
+        raise
+    metrics.IN_FLIGHT.labels(req.model.model_id).inc()
     try:
         first = relay.next_event()
         if isinstance(first, Failed):
             raise _error(first)
         completion = Completion.new(req.model.model_id)
         if req.stream:
-            response = Response(
-                _stream(relay, completion, first), status=200, content_type="text/event-stream", headers=SSE_HEADERS
-            )
+            body = _Stream(relay, completion, first)
+            response = Response(body, status=200, content_type="text/event-stream", headers=SSE_HEADERS)
         else:
             response = jsonify(_collect(relay, completion, first))
     except ClientGone:
@@ -136,8 +148,20 @@ def llm(model_id: str | None = None) -> Response:
     return response
 
 
+@bp.get("/metrics")
+def prometheus_metrics() -> Response:
+    """Prometheus exposition of the runner's and the fleet's metrics."""
+    return metrics.metrics_response(runtime())
+
+
 def _finish(relay: JobRelay) -> None:
+    """Close the relay (cancelling an unfinished job) and record the job once."""
+    if relay.recorded:
+        return
+    relay.recorded = True
     relay.close()
+    metrics.IN_FLIGHT.labels(relay.trace.model_id).dec()
+    metrics.observe(relay.trace)
     report(relay.trace)
 
 
@@ -161,34 +185,48 @@ def _collect(relay: JobRelay, completion: Completion, event: Answer) -> dict[str
         event = relay.next_event()
 
 
-def _stream(relay: JobRelay, completion: Completion, first: Answer) -> Iterator[bytes]:
-    """SSE body: content chunks, then one final chunk with finish_reason and usage, then [DONE]."""
-    sent_tokens = 0
-    event = first
-    try:
-        while True:
-            out = []
-            for item in [event, *relay.pending()]:
-                if isinstance(item, Tokens):
-                    sent_tokens += item.count
-                    out.append(completion.content_chunk(item.text_json, sent_tokens))
-                elif isinstance(item, Done):
-                    out += (
-                        completion.final_chunk(item.finish_reason, item.prompt_tokens, item.completion_tokens),
-                        DONE_LINE,
-                    )
+class _Stream:
+    """The SSE body: content chunks, one final chunk with finish_reason and usage, then [DONE].
+
+    A class rather than a generator so that `close()` (called by the server when the client
+    is gone, even before the first chunk) always finishes the job.
+    """
+
+    def __init__(self, relay: JobRelay, completion: Completion, first: Answer) -> None:
+        self.relay = relay
+        self.completion = completion
+        self.first = first
+
+    def __iter__(self) -> Iterator[bytes]:
+        relay, completion = self.relay, self.completion
+        sent_tokens = 0
+        event = self.first
+        try:
+            while True:
+                out = []
+                for item in [event, *relay.pending()]:
+                    if isinstance(item, Tokens):
+                        sent_tokens += item.count
+                        out.append(completion.content_chunk(item.text_json, sent_tokens))
+                        continue
+                    if isinstance(item, Done):
+                        out.append(completion.final_chunk(item.finish_reason, item.prompt_tokens,
+                                                          item.completion_tokens))  # fmt: skip
+                    else:
+                        out.append(completion.final_chunk("error", 0, sent_tokens))
+                    out.append(DONE_LINE)
                     yield b"".join(out)
                     return
-                else:
-                    out += (completion.final_chunk("error", 0, sent_tokens), DONE_LINE)
-                    yield b"".join(out)
-                    return
-            yield b"".join(out)
-            event = relay.next_event()
-    except ClientGone:
-        return
-    finally:
-        _finish(relay)
+                yield b"".join(out)
+                event = relay.next_event()
+        except ClientGone:
+            return
+        finally:
+            _finish(relay)
+
+    def close(self) -> None:
+        """Finish the job if the body was not read to the end."""
+        _finish(self.relay)
 
 
 def _json_error(status: int, msg: str) -> Response:
