@@ -9,7 +9,7 @@ import sys
 
 from common.errors import ConfigError
 from common.settings import Settings
-from worker import compose
+from worker import compose, ops
 from worker.gpu import list_gpus
 from worker.main import configure_logging
 from worker.supervise import Proc, Supervisor, embedded_redis, gpu_worker_envs, web_command, worker_command
@@ -55,6 +55,39 @@ def cmd_workers(args: argparse.Namespace) -> int:
     return Supervisor(_worker_procs(env, args)).run()
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    """Check the whole runner and print what to fix."""
+    return ops.doctor(Settings.from_env(os.environ))
+
+
+def cmd_models_pull(args: argparse.Namespace) -> int:
+    """Pull the configured models on every Ollama of the fleet."""
+    settings = Settings.from_env(os.environ)
+    urls = [u.strip() for u in args.ollama_urls.split(",")] if args.ollama_urls else None
+    return ops.pull_models(settings, ops.ollama_urls(settings, urls))
+
+
+def _price(value: str) -> tuple[str, float]:
+    model_id, sep, price = value.rpartition("=")
+    try:
+        if not sep or not model_id:
+            raise ValueError
+        return model_id, float(price)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected MODEL_ID=USD_PER_MILLION_TOKENS, got {value!r}") from None
+
+
+def cmd_aimodels(args: argparse.Namespace) -> int:
+    """Print aiModels.json entries for go-livepeer."""
+    settings = Settings.from_env(os.environ)
+    entries = ops.aimodels(
+        settings, args.url, token=args.token if args.token is not None else settings.auth_token,
+        usd_per_million=dict(args.price), default_usd=args.usd_per_million_tokens, warm=not args.cold,
+    )  # fmt: skip
+    ops.print_aimodels(entries)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line's parser."""
     parser = argparse.ArgumentParser(prog="llm-runner", description=__doc__)
@@ -73,6 +106,23 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "up":
             p.add_argument("--redis-port", type=int, help="port of the embedded Redis (default 6379, or a free one)")
     compose.add_parser(sub)
+    doctor = sub.add_parser("doctor", help="check Redis, workers, Ollamas, GPUs and models; print what to fix")
+    doctor.set_defaults(func=cmd_doctor)
+    models = sub.add_parser("models", help="manage the models on the fleet's Ollamas")
+    models_sub = models.add_subparsers(dest="models_command", required=True)
+    pull = models_sub.add_parser("pull", help="pull the configured models on every Ollama (workers' and OLLAMA_URL)")
+    pull.add_argument("--ollama-urls", help="comma-separated Ollama URLs instead of the fleet's")
+    pull.set_defaults(func=cmd_models_pull)
+    ai = sub.add_parser("aimodels", help="print aiModels.json entries for go-livepeer (capacity from the fleet)")
+    ai.add_argument(
+        "--url", required=True, help="this runner's URL as go-livepeer reaches it, e.g. http://llm-runner:8000"
+    )
+    ai.add_argument("--token", help="bearer token go-livepeer sends (default: AUTH_TOKEN)")
+    ai.add_argument("--usd-per-million-tokens", type=float, default=0.0, help="price of every model (default 0)")
+    ai.add_argument("--price", type=_price, action="append", default=[], metavar="MODEL_ID=USD",
+                    help="price of one model in USD per million tokens (repeatable)")  # fmt: skip
+    ai.add_argument("--cold", action="store_true", help="mark the models warm=false")
+    ai.set_defaults(func=cmd_aimodels)
     return parser
 
 
