@@ -277,7 +277,17 @@ def _web(image: str) -> dict[str, Any]:
 def _dashboard(image: str) -> dict[str, Any]:
     return {
         **_runner_service(image),
-        "command": ["rq-dashboard", "--redis-url", REDIS_URL, "--bind", "0.0.0.0", "--port", str(DASHBOARD_PORT)],
+        # Jobs are JSON-serialised (readable here), so the dashboard must decode them as JSON.
+        "command": [
+            "rq-dashboard",
+            "--json",
+            "--redis-url",
+            REDIS_URL,
+            "--bind",
+            "0.0.0.0",
+            "--port",
+            str(DASHBOARD_PORT),
+        ],
         "ports": [f"${{DASHBOARD_BIND:-127.0.0.1}}:${{DASHBOARD_PORT:-{DASHBOARD_PORT}}}:{DASHBOARD_PORT}"],
         "depends_on": {"redis": {"condition": "service_healthy"}},
         "healthcheck": _python_check(DASHBOARD_HEALTHCHECK, interval="30s", start_period="20s"),
