@@ -240,6 +240,8 @@ def test_ollama_failures_before_any_token_are_500_with_detail(runner: Runner, kn
         assert response.headers["Content-Type"] == "application/json"
         validate("HTTPError", response.json())
         assert says in response.json()["detail"]["msg"]
+    runner.fake.clear_behaviors()
+    assert call("POST", f"{runner.url}/llm", json=body()).status_code == 200  # the worker is still healthy
 
 
 @pytest.mark.parametrize("knobs", [{"error_after": 3, "error": "CUDA error"}, {"truncate_after": 3}, {"drop_after": 3}])

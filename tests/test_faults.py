@@ -270,3 +270,40 @@ def test_concurrent_disconnects_leave_no_generation_running(
     statuses = {json.dumps(job_status(redis, k.decode().rsplit(":", 1)[1])) for k in redis.scan_iter("rq:job:*")
                 if k.count(b":") == 2}  # fmt: skip
     assert statuses == {'"canceled"'}
+
+
+def test_ollama_going_away_is_a_500_and_the_worker_recovers_with_it(stack: Stack, redis: Redis) -> None:
+    fake = FakeOllama().start()
+    port = fake.port
+    fake.set_behavior("*", reply_tokens=3)
+    start(stack, fake)
+    assert call("POST", f"{stack.web_url}/llm", json=body()).status_code == 200
+    fake.stop()
+    response = call("POST", f"{stack.web_url}/llm", json=body())
+    assert response.status_code == 500 and "unreachable" in response.json()["detail"]["msg"]
+    with FakeOllama(port=port).start() as back:
+        back.set_behavior("*", reply_tokens=3)
+        assert call("POST", f"{stack.web_url}/llm", json=body()).status_code == 200
+
+
+def test_a_slow_first_token_is_waited_for_up_to_its_bound(stack: Stack, fake_ollama: FakeOllama) -> None:
+    start(stack, fake_ollama, OLLAMA_FIRST_BYTE_TIMEOUT_S=1.5)
+    fake_ollama.set_behavior("*", first_byte_delay=0.8, reply_tokens=3)
+    assert call("POST", f"{stack.web_url}/llm", json=body()).status_code == 200
+    fake_ollama.set_behavior("*", first_byte_delay=5)
+    asked = time.monotonic()
+    response = call("POST", f"{stack.web_url}/llm", json=body())
+    assert 1.5 <= time.monotonic() - asked < 4
+    assert response.status_code == 500 and "sent nothing for 1.5 s" in response.json()["detail"]["msg"]
+
+
+def test_a_stall_between_tokens_ends_the_stream_with_an_error(stack: Stack, fake_ollama: FakeOllama) -> None:
+    start(stack, fake_ollama, OLLAMA_IDLE_TIMEOUT_S=0.5)
+    fake_ollama.set_behavior("*", stall_after=2)
+    request = RawRequest(f"{stack.web_url}/llm", body("stalling", stream=True))
+    request.read_all(timeout=5)
+    result = read_stream(request.body_lines())
+    assert result.text == "stalling stalling " and result.finish_reason == "error" and result.saw_done_marker
+    assert fake_ollama.wait_for(lambda f: record_for(f, "stalling").outcome == "cancelled")  # type: ignore[union-attr]
+    fake_ollama.set_behavior("*", stall_after=None, reply_tokens=2)
+    assert call("POST", f"{stack.web_url}/llm", json=body()).status_code == 200
