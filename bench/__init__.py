@@ -1,0 +1,1 @@
+"""Benchmark: the runner (web → Redis/RQ → worker → Ollama) against calling Ollama directly."""

@@ -1,0 +1,73 @@
+"""The bench's parameters: the full run, the quick (CI) run, and the command line."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Params:
+    """Sizes of every scenario."""
+
+    quick: bool = False
+    warmup: int = 20  # sequential warm-up requests per path (plus one burst of max N)
+    ttft_n: int = 300  # sequential requests per path
+    ttft_tokens: int = 8  # short answers
+    gap_s: float = 0.01  # pause between sequential requests (lets RQ finish the last job)
+    relay_tokens: int = 20_000
+    relay_repeats: int = 7
+    ns: tuple[int, ...] = (1, 16, 64, 256)
+    conc_tokens: int = 100
+    conc_rate: float = 25.0  # tokens/s per stream, a realistic GPU rate
+    out: Path = REPO / "bench" / "results"
+    strict: bool = False
+    redis_pool: int = 0  # >0: REDIS_URL gets ?max_connections=N for web and worker (a workaround)
+
+    def describe(self) -> dict[str, Any]:
+        """The parameters as plain values, for the report."""
+        d = asdict(self)
+        d["out"] = str(self.out)
+        return d
+
+
+QUICK = dict(quick=True, warmup=3, ttft_n=20, relay_tokens=2000, relay_repeats=2, ns=(1, 4), conc_tokens=20)
+
+
+def parse_args(argv: list[str] | None = None) -> Params:
+    """Params from the command line."""
+    ap = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="Runner vs direct Ollama (fake): added TTFT, relay cost per token, N concurrent streams, memory.",
+    )
+    ap.add_argument("--quick", action="store_true", help="small sizes for CI (still checks every stream)")
+    ap.add_argument("--n", help="comma-separated concurrency levels, e.g. 1,16,64,256")
+    ap.add_argument("--out", type=Path, help="directory for results.md and concurrency.png")
+    ap.add_argument("--ttft-n", type=int, help="sequential requests per path for TTFT")
+    ap.add_argument("--relay-tokens", type=int, help="tokens in the long relay stream")
+    ap.add_argument("--stream-tokens", type=int, help="tokens per stream in the concurrency scenario")
+    ap.add_argument("--rate", type=float, help="tokens/s per stream in the concurrency scenario")
+    ap.add_argument(
+        "--redis-pool",
+        type=int,
+        default=0,
+        metavar="N",
+        help="workaround: add ?max_connections=N to the runner's REDIS_URL (redis-py defaults to 100)",
+    )
+    ap.add_argument("--strict", action="store_true", help="also exit non-zero (3) when a target is missed")
+    a = ap.parse_args(argv)
+    p = replace(Params(), **QUICK) if a.quick else Params()  # type: ignore[arg-type]
+    changes: dict[str, Any] = {"strict": a.strict, "redis_pool": a.redis_pool}
+    if a.n:
+        changes["ns"] = tuple(sorted({int(x) for x in a.n.split(",") if x.strip()}))
+        if not changes["ns"] or min(changes["ns"]) < 1:
+            ap.error("--n needs positive integers")
+    for name, value in (("out", a.out), ("ttft_n", a.ttft_n), ("relay_tokens", a.relay_tokens),
+                        ("conc_tokens", a.stream_tokens), ("conc_rate", a.rate)):  # fmt: skip
+        if value is not None:
+            changes[name] = value
+    return replace(p, **changes)

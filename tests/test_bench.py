@@ -1,0 +1,53 @@
+"""The benchmark's quick mode as a correctness check: every stream of both paths verified, report written.
+
+No timing assertions: timings depend on the machine. This only proves `python -m bench` still
+starts the stack the way the Procfile does, drives both paths, and checks every stream.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.params import QUICK, Params
+
+REPO = Path(__file__).resolve().parent.parent
+
+pytestmark = pytest.mark.e2e
+
+
+def expected_streams(p: Params) -> int:
+    """How many streams quick mode checks: warm-up (sequential + one burst), TTFT, relay, concurrency."""
+    per_path = p.warmup + max(p.ns) + p.ttft_n + p.relay_repeats + sum(p.ns)
+    return 2 * per_path
+
+
+@pytest.mark.timeout(90)
+def test_quick_bench_verifies_every_stream(tmp_path: Path) -> None:
+    if shutil.which("redis-server") is None and not Path("/usr/bin/redis-server").exists():
+        if os.environ.get("CI"):
+            pytest.fail("redis-server is required under CI")
+        pytest.skip("redis-server not installed")
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--out", str(tmp_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=80,
+    )
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output[-6000:]
+    found = re.search(r"Streams checked: (\d+), wrong: (\d+)", proc.stdout)
+    assert found, output[-6000:]
+    checked, wrong = int(found.group(1)), int(found.group(2))
+    assert wrong == 0, output[-6000:]
+    assert checked == expected_streams(Params(**QUICK)), output[-6000:]  # type: ignore[arg-type]
+    report = (tmp_path / "results.md").read_text()
+    assert f"Streams checked: {checked}, wrong: 0" in report
+    assert "| added TTFT p50" in report and "wall time ratio" in report
