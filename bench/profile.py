@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         targets = {"web": meter.procs("web")[-1].pid, "worker": stack.child("worker").pid}
         for name, pid in targets.items():
             raw = a.out / f"{a.scenario}-{name}.txt"
-            argv_spy = [spy, "record", "--pid", str(pid), "--rate", "250", "--format", "raw", "-o", str(raw)]
+            argv_spy = [spy, "record", "--pid", str(pid), "--rate", "1000", "--format", "raw", "-o", str(raw)]
             spies.append((name, subprocess.Popen([*argv_spy, *(["--gil"] if a.gil else [])]), raw))
         cpu: dict[str, float] = {}
         with meter.cpu_delta(cpu):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 # How long RQ keeps a finished job's record, a failed one's, and the most a job may sit queued
@@ -28,7 +28,8 @@ class GenerateJob:
 
     def to_payload(self) -> dict[str, Any]:
         """The plain dict RQ stores (JSON-serialised, readable in rq-dashboard)."""
-        return asdict(self)
+        # Not dataclasses.asdict: it deep-copies every message, and this runs per request.
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
     @classmethod
     def from_payload(cls, payload: dict[str, Any]) -> GenerateJob:

@@ -16,6 +16,10 @@ from web.runtime import EXTENSION, Runtime
 
 logger = logging.getLogger(__name__)
 
+# Each open request holds a pooled connection only for a command or two; hundreds of streams
+# share far fewer connections (and a burst past this waits briefly instead of failing).
+REDIS_CONNECTIONS = 256
+
 
 def build_app(settings: Settings | None = None) -> Flask:
     """Build the app: settings from the environment unless given, one Redis pool, the routes."""
@@ -23,7 +27,7 @@ def build_app(settings: Settings | None = None) -> Flask:
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
-    app.extensions[EXTENSION] = Runtime(settings, make_redis(settings.redis_url))
+    app.extensions[EXTENSION] = Runtime(settings, make_redis(settings.redis_url, max_connections=REDIS_CONNECTIONS))
     app.register_blueprint(bp)
     _register_error_handlers(app)
     return app

@@ -1,18 +1,19 @@
 """One pub/sub subscription per web process, routing worker events to the requests waiting on them.
 
-Workers publish every event of a job on the channel of the web process that placed it, so a
-request needs no subscription of its own: it registers an inbox here before its job is enqueued.
+Workers publish every event of a job on the channel of the web process that placed it (several
+events per message, one per line, when they pile up), so a request needs no subscription of its
+own: it registers an inbox here before its job is enqueued.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import queue
 import threading
 
 from redis import Redis
-from redis.exceptions import RedisError
+from redis.connection import AbstractConnection
+from redis.exceptions import ConnectionError, RedisError, TimeoutError
 
 from common import keys
 from common.errors import QueueUnavailable
@@ -72,20 +73,11 @@ class EventHub:
     def _run(self) -> None:
         backoff = 0.1
         while not self._stopping.is_set():
-            pubsub = self._redis.pubsub()
+            connection = None
             try:
-                pubsub.subscribe(self.channel)
-                while not self._stopping.is_set():
-                    message = pubsub.get_message(timeout=_READ_TIMEOUT_S)
-                    if message is None:
-                        continue
-                    kind = message["type"]
-                    if kind == "message":
-                        self._dispatch(message["data"])
-                    elif kind == "subscribe":
-                        self._subscribed.set()
-                        backoff = 0.1
-                        logger.info("event hub subscribed to %s", self.channel)
+                connection = self._subscribe()
+                backoff = 0.1
+                self._listen(connection)
             except (RedisError, OSError) as exc:
                 if self._subscribed.is_set():
                     logger.warning("event hub lost Redis (%s); resubscribing", exc)
@@ -93,11 +85,50 @@ class EventHub:
                 self._stopping.wait(backoff)
                 backoff = min(backoff * 2, _MAX_BACKOFF_S)
             finally:
-                with contextlib.suppress(RedisError, OSError):
-                    pubsub.close()
+                if connection is not None:
+                    connection.disconnect()
         self._subscribed.clear()
 
+    def _subscribe(self) -> AbstractConnection:
+        """A dedicated connection subscribed to this process's channel.
+
+        A bare connection rather than redis-py's PubSub object: this loop runs for every event
+        of every stream, and PubSub polls the socket and builds a dict per message.
+        """
+        pool = self._redis.connection_pool
+        # No health checks: on a subscribed connection they would swallow a message.
+        connection: AbstractConnection = pool.connection_class(**{**pool.connection_kwargs, "health_check_interval": 0})
+        connection.connect()
+        connection.send_command("SUBSCRIBE", self.channel)
+        return connection
+
+    def _listen(self, connection: AbstractConnection) -> None:
+        """Dispatch messages until stopped; a silent connection is PINGed, and dropped if still silent."""
+        unanswered = 0
+        while not self._stopping.is_set():
+            try:
+                # push_request: with RESP3, messages are push frames redis-py would otherwise divert.
+                reply = connection.read_response(timeout=_READ_TIMEOUT_S, disconnect_on_error=False, push_request=True)
+            except TimeoutError:
+                unanswered += 1
+                if unanswered > 2:
+                    raise ConnectionError("Redis stopped answering the event subscription") from None
+                connection.send_command("PING")
+                continue
+            unanswered = 0
+            if not isinstance(reply, list) or not reply:
+                continue  # the answer to a PING
+            kind = reply[0]
+            if kind == b"message":
+                self._dispatch(reply[2])
+            elif kind == b"subscribe":
+                self._subscribed.set()
+                logger.info("event hub subscribed to %s", self.channel)
+
     def _dispatch(self, data: bytes) -> None:
-        inbox = self._inboxes.get(data.partition(b"|")[0])
-        if inbox is not None:
-            inbox.put(data)
+        # A worker sends what piled up for this process in one message, one event per line.
+        inboxes = self._inboxes
+        for event in data.split(b"\n"):
+            inbox = inboxes.get(event.partition(b"|")[0])
+            if inbox is not None:
+                inbox.put(event)

@@ -89,12 +89,7 @@ class JobRelay:
             if not any(record.serves(model_id) for record in fleet):
                 raise CapacityError(why_unserved(fleet, model_id), reason="no_worker")
             q = rt.queue(model_id)
-            waiting, limit = q.count, max_queue(rt, model_id)
-            if waiting >= limit:
-                raise CapacityError(
-                    f"runner at capacity: {waiting} jobs already wait for {model_id!r} (MAX_QUEUE {limit})",
-                    reason="queue_full",
-                )
+            limit = max_queue(rt, model_id)
             self._inbox = rt.hub.register(self.job_id)
             job = GenerateJob(
                 reply_to=rt.hub.channel,
@@ -107,16 +102,28 @@ class JobRelay:
                 top_k=self.request.top_k,
                 stream=self.request.stream,
             )
-            q.enqueue(
-                keys.GENERATE_JOB,
-                job.to_payload(),
-                job_id=self.job_id,
-                description=job.describe(),
-                job_timeout=-1,
-                result_ttl=RESULT_TTL_S,
-                failure_ttl=FAILURE_TTL_S,
-                ttl=int(rt.settings.queue_timeout_s) + QUEUED_TTL_MARGIN_S,
-            )
+            # One round trip: the queue's length before this job, and the job placed on it.
+            with rt.redis.pipeline() as pipe:
+                pipe.multi()  # before RQ adds to it, which otherwise opens the transaction itself
+                pipe.llen(q.key)
+                q.enqueue(
+                    keys.GENERATE_JOB,
+                    job.to_payload(),
+                    job_id=self.job_id,
+                    description=job.describe(),
+                    job_timeout=-1,
+                    result_ttl=RESULT_TTL_S,
+                    failure_ttl=FAILURE_TTL_S,
+                    ttl=int(rt.settings.queue_timeout_s) + QUEUED_TTL_MARGIN_S,
+                    pipeline=pipe,
+                )
+                waiting = pipe.execute()[0]
+            if waiting >= limit:
+                self._cancel("queue full")
+                raise CapacityError(
+                    f"runner at capacity: {waiting} jobs already wait for {model_id!r} (MAX_QUEUE {limit})",
+                    reason="queue_full",
+                )
         except (RedisError, OSError) as exc:
             self._release()
             raise QueueUnavailable(f"the runner's queue (Redis) is unavailable: {exc}") from None

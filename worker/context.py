@@ -8,6 +8,7 @@ from redis import Redis
 
 from common.settings import Settings
 from worker.active import ActiveJobs
+from worker.publisher import Publisher
 
 
 @dataclass
@@ -19,6 +20,7 @@ class WorkerContext:
     worker_name: str
     gpu_label: str
     active: ActiveJobs
+    publisher: Publisher
 
 
 _current: WorkerContext | None = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -10,12 +11,13 @@ from redis import Redis
 from redis.exceptions import RedisError
 
 from common import fleet, keys
-from common.errors import BackendError
+from common.errors import BackendError, QueueUnavailable
 from common.events import Ping, encode
 from common.fleet import WorkerRecord
 from worker.active import ActiveJobs
 from worker.gpu import GpuMonitor
 from worker.ollama_admin import OllamaAdmin, normalize_tag
+from worker.publisher import Publisher
 from worker.routing import listen_order
 from worker.slots import SlotWorker
 
@@ -31,9 +33,16 @@ class Heartbeat:
     """A daemon thread that keeps this worker visible and its running jobs alive to the web."""
 
     def __init__(
-        self, redis: Redis, record: WorkerRecord, gpu: GpuMonitor, active: ActiveJobs, admin: OllamaAdmin
+        self,
+        redis: Redis,
+        record: WorkerRecord,
+        gpu: GpuMonitor,
+        active: ActiveJobs,
+        admin: OllamaAdmin,
+        publisher: Publisher,
     ) -> None:
         self.redis = redis
+        self.publisher = publisher
         self.record = record
         self.gpu = gpu
         self.active = active
@@ -82,13 +91,9 @@ class Heartbeat:
                 self.refresh_routing()
 
     def _ping(self) -> None:
-        handles = self.active.snapshot()
-        if not handles:
-            return
-        with self.redis.pipeline(transaction=False) as pipe:
-            for handle in handles:
-                pipe.publish(handle.reply_to, encode(handle.job_id, Ping()))
-            pipe.execute()
+        for handle in self.active.snapshot():
+            with contextlib.suppress(QueueUnavailable):
+                self.publisher.publish(handle.job_id, handle.reply_to, encode(handle.job_id, Ping()))
 
     def refresh_routing(self) -> None:
         """Note which models Ollama holds, then listen to warm queues first, cold ones only if needed."""

@@ -9,7 +9,7 @@ from typing import Any
 
 from rq import get_current_job
 
-from common.errors import BackendError, JobCancelled
+from common.errors import BackendError, JobCancelled, QueueUnavailable
 from common.events import Done, Failed, Started, encode, encode_tokens
 from common.jobs import GenerateJob
 from worker import context
@@ -40,6 +40,7 @@ def generate(payload: dict[str, Any]) -> dict[str, Any]:
         return _relay(job.id, spec, handle)
     finally:
         ctx.active.finish(job.id)
+        ctx.publisher.forget(job.id)
 
 
 def _relay(job_id: str, spec: GenerateJob, handle: Handle) -> dict[str, Any]:
@@ -47,7 +48,7 @@ def _relay(job_id: str, spec: GenerateJob, handle: Handle) -> dict[str, Any]:
     settings = ctx.settings
 
     def publish(message: bytes) -> None:
-        ctx.redis.publish(spec.reply_to, message)
+        ctx.publisher.publish(job_id, spec.reply_to, message)
 
     publish(encode(job_id, Started(ctx.worker_name, ctx.gpu_label)))
     began = time.monotonic()
@@ -81,6 +82,8 @@ def _relay(job_id: str, spec: GenerateJob, handle: Handle) -> dict[str, Any]:
                 break
         if final is None:
             raise BackendError("Ollama ended the stream without its final 'done' line", reason="truncated")
+    except QueueUnavailable:
+        raise  # the client cannot be told anything; the web ends its request on silence
     except (BackendError, JobCancelled) as exc:
         if handle.cancel_reason is not None:
             if handle.cancel_reason == SHUTDOWN:

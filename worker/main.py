@@ -22,6 +22,7 @@ from worker.gpu import GpuMonitor
 from worker.heartbeat import Heartbeat
 from worker.ollama_admin import OllamaAdmin
 from worker.provision import assess_models, vram_budget, wait_for_ollama, warm_default
+from worker.publisher import Publisher
 from worker.slots import DEQUEUE_TIMEOUT_S, SlotWorker
 
 logger = logging.getLogger("worker")
@@ -57,7 +58,8 @@ def run(settings: Settings) -> None:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
 
-    redis = make_redis(settings.redis_url, command_timeout_s=DEQUEUE_TIMEOUT_S + 5)
+    # Connections: one per slot (job bookkeeping), plus the loop, publisher, heartbeat, commands.
+    redis = make_redis(settings.redis_url, max_connections=settings.slots + 8, command_timeout_s=DEQUEUE_TIMEOUT_S + 5)
     gpu = GpuMonitor(settings.gpu_index)
     info = gpu.read()
     budget = vram_budget(settings, info.memory_total if info else None)
@@ -83,8 +85,9 @@ def run(settings: Settings) -> None:
     )
     admin = OllamaAdmin(settings.ollama_url)
     active = ActiveJobs()
-    context.install(context.WorkerContext(settings, redis, name, label, active))
-    heartbeat = Heartbeat(redis, record, gpu, active, admin)
+    publisher = Publisher(redis)
+    context.install(context.WorkerContext(settings, redis, name, label, active, publisher))
+    heartbeat = Heartbeat(redis, record, gpu, active, admin, publisher)
     _until_redis(heartbeat, stop)
     try:
         if wait_for_ollama(admin, stop) is None:
@@ -119,6 +122,7 @@ def run(settings: Settings) -> None:
     finally:
         record.state = STOPPING
         heartbeat.stop()
+        publisher.stop()
         try:
             fleet.withdraw(redis, name)
         except Exception as exc:

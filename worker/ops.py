@@ -55,7 +55,7 @@ def doctor(settings: Settings, out: TextIO = sys.stdout) -> int:
     """Check Redis, the fleet's workers and their Ollamas, GPUs and every model's fit; 0 if all is well."""
     report = Report(out)
     report.ok(f"configuration: {len(settings.models)} model(s): {', '.join(m.model_id for m in settings.models)}")
-    redis = make_redis(settings.redis_url)
+    redis = make_redis(settings.redis_url, max_connections=4)
     try:
         version = redis.info("server").get("redis_version", "?")
         report.ok(f"Redis at {settings.redis_url} answers (version {version})")
@@ -159,7 +159,7 @@ def ollama_urls(settings: Settings, explicit: list[str] | None) -> list[str]:
         return explicit
     urls = [settings.ollama_url]
     with contextlib.suppress(RedisError, OSError):
-        urls += [r.ollama_url for r in read_fleet(make_redis(settings.redis_url))]
+        urls += [r.ollama_url for r in read_fleet(make_redis(settings.redis_url, max_connections=4))]
     return list(dict.fromkeys(urls))
 
 
@@ -197,7 +197,7 @@ def aimodels(
     million tokens is price_per_unit = that price with pixels_per_unit = 1 000 000.
     """
     try:
-        records: list[WorkerRecord] = read_fleet(make_redis(settings.redis_url))
+        records: list[WorkerRecord] = read_fleet(make_redis(settings.redis_url, max_connections=4))
     except (RedisError, OSError):
         records = []
     entries = []

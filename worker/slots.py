@@ -1,9 +1,13 @@
 """An RQ worker that runs up to `slots` jobs at once, in threads of one process (no fork per job).
 
 One worker serves one GPU's Ollama, which decodes OLLAMA_NUM_PARALLEL sequences at once; the
-worker takes a job from Redis only while one of those slots is free, so the rest stay queued
-for other GPUs. Jobs are RQ jobs throughout (registries, executions, heartbeats, results), and a
-job cancelled by its client is recorded as canceled, not failed.
+worker takes jobs from Redis only while one of those slots is free, so the rest stay queued for
+other GPUs. Jobs are RQ jobs throughout (registries, executions, heartbeats, results) and a job
+cancelled by its client is recorded as canceled, not failed.
+
+Bookkeeping is batched, because job start is on every request's path: free slots are filled
+with as many queued jobs as are waiting in one pop, fetched in one round trip and marked started
+in one pipeline; a finished job is recorded in one pipeline.
 """
 
 from __future__ import annotations
@@ -20,13 +24,12 @@ from typing import Any
 
 from redis import Redis
 from redis.exceptions import RedisError
-from rq.exceptions import DequeueTimeout
 from rq.executions import Execution
 from rq.job import Job, JobStatus
-from rq.queue import Queue
 from rq.registry import CanceledJobRegistry
+from rq.results import Result
 from rq.serializers import JSONSerializer
-from rq.utils import now
+from rq.utils import now, utcformat
 from rq.worker import BaseWorker, WorkerStatus
 
 from common import keys
@@ -55,8 +58,29 @@ def _log_failure(job: Job, exc_type: type[BaseException], exc: BaseException, tb
     return False
 
 
+class _Batch:
+    """Jobs started together: their RQ executions, known once the start bookkeeping is done."""
+
+    def __init__(self) -> None:
+        self.ready = threading.Event()
+        self.executions: list[Execution] | None = None
+
+    def execution(self, index: int) -> Execution:
+        """The execution of the batch's `index`-th job (waits for the bookkeeping)."""
+        self.ready.wait()
+        if self.executions is None:
+            raise RuntimeError("the jobs' start could not be recorded in Redis")
+        return self.executions[index]
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
 class SlotWorker(BaseWorker):
     """RQ worker with `slots` job threads; stops gracefully on SIGTERM/SIGINT."""
+
+    log_result_lifespan = False
 
     def __init__(
         self,
@@ -81,12 +105,11 @@ class SlotWorker(BaseWorker):
         self.slots = slots
         self.active = active
         self.grace_s = grace_s
-        self._free = threading.Semaphore(slots)
+        self._queues_by_name = {q.name: q for q in self.queues}
         self._pool = ThreadPoolExecutor(max_workers=slots, thread_name_prefix="slot")
         self._stop = threading.Event()
         self._running = 0
-        self._running_lock = threading.Lock()
-        self._idle = threading.Condition(self._running_lock)
+        self._changed = threading.Condition()
 
     @property
     def busy(self) -> int:
@@ -95,23 +118,24 @@ class SlotWorker(BaseWorker):
 
     def set_queue_order(self, queue_names: list[str]) -> None:
         """Take jobs from exactly these of its queues, in this order (none: take nothing for now)."""
-        by_name = {q.name: q for q in self.queues}
-        self._ordered_queues = [by_name[n] for n in queue_names if n in by_name]
+        self._ordered_queues = [self._queues_by_name[n] for n in queue_names if n in self._queues_by_name]
 
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
         """Executions expire soon after their heartbeats stop, so RQ reclaims a dead worker's jobs."""
         return EXECUTION_TTL_S
 
     def beat(self) -> None:
-        """Refresh RQ's records of this worker and of each running execution (heartbeat thread)."""
+        """Refresh RQ's records of this worker and of each running execution, in one pipeline."""
         if not self.connection.exists(self.key):
             # Redis lost its data (restarted without persistence): announce this worker again.
             self.register_birth()  # type: ignore[no-untyped-call]
-        self.heartbeat()
-        for execution in list(self.executions.values()):
-            job = execution.job
-            if job.started_at is not None:
-                self.maintain_heartbeats(job, execution)
+        with self.connection.pipeline() as pipe:
+            self.heartbeat(WORKER_TTL_S + 60, pipeline=pipe)
+            for execution in list(self.executions.values()):
+                job = execution.job
+                execution.heartbeat(job.started_job_registry, EXECUTION_TTL_S, pipeline=pipe)
+                job.heartbeat(now(), EXECUTION_TTL_S, pipeline=pipe)
+            pipe.execute()
 
     def request_stop(self, signum: int, frame: FrameType | None) -> None:
         """First signal: stop taking jobs and drain; a second one cancels running jobs at once."""
@@ -123,10 +147,14 @@ class SlotWorker(BaseWorker):
         self._shutdown_requested_date = now()
         self._stop_requested = True
         self._stop.set()
+        with self._changed:
+            self._changed.notify_all()
 
     def stop(self) -> None:
         """Ask the work loop to stop (from another thread)."""
         self._stop.set()
+        with self._changed:
+            self._changed.notify_all()
 
     def request_stop_execution(self, execution_id: str) -> None:
         """RQ's stop-execution command: cancel that job (e.g. `rq` tooling or the dashboard)."""
@@ -148,7 +176,7 @@ class SlotWorker(BaseWorker):
             logger.info("job %s: cancel requested by the web", job_id)
 
     def work_until_stopped(self) -> None:
-        """Register with RQ, take jobs while slots are free, then drain and deregister."""
+        """Register with RQ, fill free slots with queued jobs until stopped, then drain and deregister."""
         signal.signal(signal.SIGINT, self.request_stop)
         signal.signal(signal.SIGTERM, self.request_stop)
         self.register_birth()  # type: ignore[no-untyped-call]
@@ -158,19 +186,18 @@ class SlotWorker(BaseWorker):
         backoff = 0.5
         try:
             while not self._stop.is_set():
-                if not self._free.acquire(timeout=0.5):
+                with self._changed:
+                    self._changed.wait_for(lambda: self._running < self.slots or self._stop.is_set(), 1.0)
+                    free = self.slots - self._running
+                if free <= 0 or self._stop.is_set():
                     continue
-                taken = False
                 try:
-                    taken = self._take_one()
+                    self._fill(free)
                     backoff = 0.5
                 except (RedisError, OSError) as exc:
                     logger.error("worker %s: Redis unavailable (%s); retrying in %.1f s", self.name, exc, backoff)
                     self._stop.wait(backoff)
                     backoff = min(backoff * 2, 5.0)
-                finally:
-                    if not taken:
-                        self._free.release()
         finally:
             self._drain()
             try:
@@ -178,62 +205,105 @@ class SlotWorker(BaseWorker):
             except (RedisError, OSError) as exc:
                 logger.warning("worker %s: could not deregister: %s", self.name, exc)
 
-    def _take_one(self) -> bool:
+    def _fill(self, free: int) -> None:
+        """Start up to `free` queued jobs: one pop, one fetch and one bookkeeping round trip."""
         if self.should_run_maintenance_tasks:
             self.run_maintenance_tasks()  # type: ignore[no-untyped-call]
             self._prune_canceled()
-        if not self._ordered_queues:
+        queues = self._ordered_queues
+        if not queues:
             self._stop.wait(DEQUEUE_TIMEOUT_S)
-            return False
+            return
+        job_ids = self._pop([q.key for q in queues], free)
+        if not job_ids:
+            return
+        jobs = [job for job in Job.fetch_many(job_ids, self.connection, self.serializer) if job is not None]
+        if not jobs:
+            return
+        # The jobs start at once (their Ollama calls go out) while RQ's start bookkeeping runs here:
+        # it is off the path to the first token, which Ollama takes longer than that to produce.
+        batch = _Batch()
+        with self._changed:
+            self._running += len(jobs)
+        for index, job in enumerate(jobs):
+            self._pool.submit(self._run, job, batch, index)
         try:
-            result = self.queue_class.dequeue_any(
-                self._ordered_queues,
-                DEQUEUE_TIMEOUT_S,
-                connection=self.connection,
-                job_class=self.job_class,
-                serializer=self.serializer,
-            )
-        except DequeueTimeout:
-            return False
-        if result is None:
-            return False
-        job, queue = result
-        execution = self.prepare_execution(job)
-        with self._running_lock:
-            self._running += 1
-        self._pool.submit(self._run, job, queue, execution)
-        return True
+            batch.executions = self._mark_started(jobs)
+        finally:
+            batch.ready.set()
 
-    def _run(self, job: Job, queue: Queue, execution: Execution) -> None:
+    def _pop(self, queue_keys: list[str], count: int) -> list[str]:
+        """Job ids from the first non-empty queue (in listening order), up to `count`; waits a little."""
+        popped = self.connection.blpop(queue_keys, DEQUEUE_TIMEOUT_S)
+        if popped is None:
+            return []
+        key, first = popped
+        ids = [_text(first)]
+        if count > 1:
+            more: list[bytes] | None = self.connection.lpop(key, count - 1)  # type: ignore[assignment]
+            ids += [_text(job_id) for job_id in more or []]
+        return ids
+
+    def _mark_started(self, jobs: list[Job]) -> list[Execution]:
+        """RQ's start bookkeeping for several jobs (executions, status, registries) in one pipeline."""
+        with self.connection.pipeline() as pipe:
+            executions = [Execution.create(job, EXECUTION_TTL_S, pipeline=pipe, worker_name=self.name) for job in jobs]
+            for job in jobs:
+                job.prepare_for_execution(self.name, pipeline=pipe)
+                pipe.persist(job.key)
+            self.set_state(WorkerStatus.BUSY, pipeline=pipe)
+            self.heartbeat(WORKER_TTL_S + 60, pipeline=pipe)
+            pipe.execute()
+        for execution in executions:
+            self.executions[execution.id] = execution
+        return executions
+
+    def _run(self, job: Job, batch: _Batch, index: int) -> None:
         try:
-            self.perform_job(job, queue, execution)
+            self._perform(job, batch, index)
         except Exception:
             logger.exception("job %s: bookkeeping failed", job.id)
         finally:
-            with self._running_lock:
+            with self._changed:
                 self._running -= 1
                 idle = self._running == 0
-                if idle:
-                    self._idle.notify_all()
-            self._free.release()
+                self._changed.notify_all()
             if idle:
                 with contextlib.suppress(RedisError, OSError):
                     self.set_state(WorkerStatus.IDLE)
 
-    def perform_job(self, job: Job, queue: Queue, execution: Execution) -> bool:
-        """Run one job in this thread: RQ's success/failure bookkeeping, plus cancellation."""
+    def _perform(self, job: Job, batch: _Batch, index: int) -> None:
+        """Run one job in this thread, then record its success, failure or cancellation."""
         try:
-            self.prepare_job_execution(job)
-            job.started_at = now()
             return_value = job.perform()
         except JobCancelled as exc:
-            self._record_cancelled(job, execution, exc.msg)
-            return False
+            self._record_cancelled(job, batch.execution(index), exc.msg)
         except Exception:
-            self._finalize_failure(job, queue, execution, sys.exc_info())
-            return False
-        self._finalize_success(job, queue, execution, return_value)
-        return True
+            queue = self._queues_by_name[job.origin]
+            self._finalize_failure(job, queue, batch.execution(index), sys.exc_info())
+        else:
+            self._record_success(job, batch.execution(index), return_value)
+
+    def _record_success(self, job: Job, execution: Execution, return_value: Any) -> None:
+        """RQ's success bookkeeping (status, result, registries, counters) in one pipeline."""
+        job.ended_at = now()
+        job._status = JobStatus.FINISHED
+        assert job.started_at is not None
+        result_ttl = job.get_result_ttl(self.default_result_ttl)
+        with self.connection.pipeline() as pipe:
+            job.set_status(JobStatus.FINISHED, pipeline=pipe)
+            pipe.hset(job.key, "ended_at", utcformat(job.ended_at))
+            Result.create(
+                job, Result.Type.SUCCESSFUL, result_ttl, return_value=return_value, worker_name=self.name,
+                pipeline=pipe, execution_id=execution.id, execution_started_at=execution.created_at,
+                execution_ended_at=job.ended_at,
+            )  # fmt: skip
+            job.finished_job_registry.add(job, result_ttl, pipe)
+            job.cleanup(result_ttl, pipeline=pipe, remove_from_queue=False)
+            self.cleanup_execution(job, pipeline=pipe, execution=execution)
+            self.increment_successful_job_count(pipeline=pipe)
+            self.increment_total_working_time(job.ended_at - job.started_at, pipe)
+            pipe.execute()
 
     def _record_cancelled(self, job: Job, execution: Execution, why: str) -> None:
         logger.info("job %s: cancelled (%s)", job.id, why)
@@ -264,5 +334,5 @@ class SlotWorker(BaseWorker):
         self._pool.shutdown(wait=False)
 
     def _wait_idle(self, timeout: float) -> bool:
-        with self._idle:
-            return self._idle.wait_for(lambda: self._running == 0, timeout)
+        with self._changed:
+            return self._changed.wait_for(lambda: self._running == 0, timeout)
