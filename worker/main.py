@@ -122,7 +122,6 @@ def run(settings: Settings) -> None:
     finally:
         record.state = STOPPING
         heartbeat.stop()
-        publisher.stop()
         try:
             fleet.withdraw(redis, name)
         except Exception as exc:
