@@ -50,7 +50,6 @@ def _relay(job_id: str, spec: GenerateJob, handle: Handle) -> dict[str, Any]:
     def publish(message: bytes) -> None:
         ctx.publisher.publish(job_id, spec.reply_to, message)
 
-    publish(encode(job_id, Started(ctx.worker_name, ctx.gpu_label)))
     began = time.monotonic()
     stream = ChatStream(
         settings.ollama_url,
@@ -66,6 +65,8 @@ def _relay(job_id: str, spec: GenerateJob, handle: Handle) -> dict[str, Any]:
     final: Final | None = None
     try:
         stream.open()
+        # Ollama works on the prompt while the web hears that the job started.
+        publish(encode(job_id, Started(ctx.worker_name, ctx.gpu_label)))
         for lines in stream.batches():
             parsed = parse_lines(lines)
             texts = parsed.texts

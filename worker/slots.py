@@ -227,6 +227,7 @@ class SlotWorker(BaseWorker):
             self._running += len(jobs)
         for index, job in enumerate(jobs):
             self._pool.submit(self._run, job, batch, index)
+        time.sleep(0)  # let the job threads take the GIL first and send their requests
         try:
             batch.executions = self._mark_started(jobs)
         finally:
