@@ -111,6 +111,10 @@ class JobRelay:
 
     def submit(self) -> None:
         """Check capacity and enqueue; raises CapacityError or QueueUnavailable, answering at once."""
+        with self.rt.admission:
+            self._submit()
+
+    def _submit(self) -> None:
         rt, model_id = self.rt, self.request.model.model_id
         rt.hub.ensure_running()
         try:

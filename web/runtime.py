@@ -19,6 +19,10 @@ from web.hub import EventHub
 
 EXTENSION = "llm_runner"
 FLEET_CACHE_S = 1.0
+# Requests placing their job at once. A burst of hundreds all in flight together would finish
+# together, late (each yields at its Redis round trip to all the others); a few at a time, the
+# first jobs reach the workers while the rest are still being placed.
+ADMISSION_SLOTS = 8
 
 
 class FleetCache:
@@ -59,6 +63,7 @@ class Runtime:
         self.hub = EventHub(redis, self.web_id)
         self.fleet = FleetCache(redis)
         self.draining_since: float | None = None
+        self.admission = threading.BoundedSemaphore(ADMISSION_SLOTS)
         self._queues: dict[str, Queue] = {}
 
     def queue(self, model_id: str) -> Queue:

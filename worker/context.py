@@ -8,6 +8,7 @@ from redis import Redis
 
 from common.settings import Settings
 from worker.active import ActiveJobs
+from worker.ollama_stream import StreamLoop
 from worker.publisher import Publisher
 
 
@@ -21,6 +22,7 @@ class WorkerContext:
     gpu_label: str
     active: ActiveJobs
     publisher: Publisher
+    streams: StreamLoop
 
 
 _current: WorkerContext | None = None

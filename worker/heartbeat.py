@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
@@ -11,7 +10,7 @@ from redis import Redis
 from redis.exceptions import RedisError
 
 from common import fleet, keys
-from common.errors import BackendError, QueueUnavailable
+from common.errors import BackendError
 from common.events import Ping, encode
 from common.fleet import WorkerRecord
 from worker.active import ActiveJobs
@@ -92,8 +91,7 @@ class Heartbeat:
 
     def _ping(self) -> None:
         for handle in self.active.snapshot():
-            with contextlib.suppress(QueueUnavailable):
-                self.publisher.publish(handle.job_id, handle.reply_to, encode(handle.job_id, Ping()))
+            self.publisher.publish_threadsafe(handle.reply_to, encode(handle.job_id, Ping()))
 
     def refresh_routing(self) -> None:
         """Note which models Ollama holds, then listen to warm queues first, cold ones only if needed."""

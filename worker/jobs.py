@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from rq import get_current_job
@@ -28,7 +29,8 @@ def generate(payload: dict[str, Any]) -> dict[str, Any]:
     """Run the job in `payload` (a GenerateJob); returns a summary RQ keeps as the job's result.
 
     Publishes Started, Tokens…, then Done or Failed on the job's reply channel. Raises
-    BackendError (after publishing Failed) so RQ marks the job failed, or JobCancelled.
+    BackendError (after publishing Failed) so RQ marks the job failed, or JobCancelled. The
+    stream itself runs on the process's stream loop; this (RQ's job) thread waits for it.
     """
     ctx = context.current()
     job = get_current_job()
@@ -37,13 +39,39 @@ def generate(payload: dict[str, Any]) -> dict[str, Any]:
     spec = GenerateJob.from_payload(payload)
     handle = ctx.active.start(job.id, spec.reply_to)
     try:
-        return _relay(job.id, spec, handle)
+        return ctx.streams.run(_relay(job.id, spec, handle))
     finally:
         ctx.active.finish(job.id)
         ctx.publisher.forget(job.id)
 
 
-def _relay(job_id: str, spec: GenerateJob, handle: Handle) -> dict[str, Any]:
+class _Relay:
+    """Turns batches of Ollama lines into published Tokens events; remembers the final line."""
+
+    def __init__(self, job_id: str, publish: Callable[[bytes], None]) -> None:
+        self.job_id = job_id
+        self.publish = publish
+        self.relayed = 0
+        self.first_token_at: float | None = None
+        self.final: Final | None = None
+
+    def on_lines(self, lines: list[bytes]) -> bool:
+        """Publish the tokens in `lines`; True once the final line came. Raises on an error line."""
+        parsed = parse_lines(lines)
+        texts = parsed.texts
+        if texts and self.first_token_at is None:
+            self.first_token_at = time.monotonic()
+        for start in range(0, len(texts), TOKENS_PER_EVENT):
+            group = texts[start : start + TOKENS_PER_EVENT]
+            self.publish(encode_tokens(self.job_id, json.dumps("".join(group), ensure_ascii=False), len(group)))
+        self.relayed += len(texts)
+        if parsed.error is not None:
+            raise parsed.error
+        self.final = parsed.final
+        return self.final is not None
+
+
+async def _relay(job_id: str, spec: GenerateJob, handle: Handle) -> dict[str, Any]:
     ctx = context.current()
     settings = ctx.settings
 
@@ -51,38 +79,21 @@ def _relay(job_id: str, spec: GenerateJob, handle: Handle) -> dict[str, Any]:
         ctx.publisher.publish(job_id, spec.reply_to, message)
 
     began = time.monotonic()
+    relay = _Relay(job_id, publish)
     stream = ChatStream(
+        ctx.streams,
         settings.ollama_url,
         chat_body(spec, num_ctx=settings.num_ctx, keep_alive=settings.keep_alive),
         tag=spec.tag,
         connect_timeout=settings.connect_timeout_s,
         first_byte_timeout=settings.first_byte_timeout_s,
         idle_timeout=settings.idle_timeout_s,
+        on_lines=relay.on_lines,
     )
     handle.attach(stream)
-    first_token_at: float | None = None
-    relayed = 0
-    final: Final | None = None
     try:
-        stream.open()
         # Ollama works on the prompt while the web hears that the job started.
-        publish(encode(job_id, Started(ctx.worker_name, ctx.gpu_label)))
-        for lines in stream.batches():
-            parsed = parse_lines(lines)
-            texts = parsed.texts
-            if texts and first_token_at is None:
-                first_token_at = time.monotonic()
-            for start in range(0, len(texts), TOKENS_PER_EVENT):
-                group = texts[start : start + TOKENS_PER_EVENT]
-                publish(encode_tokens(job_id, json.dumps("".join(group), ensure_ascii=False), len(group)))
-            relayed += len(texts)
-            if parsed.error is not None:
-                raise parsed.error
-            final = parsed.final
-            if final is not None:
-                break
-        if final is None:
-            raise BackendError("Ollama ended the stream without its final 'done' line", reason="truncated")
+        await stream.run(on_sent=lambda: publish(encode(job_id, Started(ctx.worker_name, ctx.gpu_label))))
     except QueueUnavailable:
         raise  # the client cannot be told anything; the web ends its request on silence
     except (BackendError, JobCancelled) as exc:
@@ -93,8 +104,8 @@ def _relay(job_id: str, spec: GenerateJob, handle: Handle) -> dict[str, Any]:
         assert isinstance(exc, BackendError)
         publish(encode(job_id, Failed(exc.msg, exc.status, exc.reason)))
         raise
-    finally:
-        stream.close()
+    final = relay.final
+    assert final is not None
     publish(
         encode(
             job_id,
@@ -112,7 +123,7 @@ def _relay(job_id: str, spec: GenerateJob, handle: Handle) -> dict[str, Any]:
         "finish_reason": final.finish_reason,
         "prompt_tokens": final.prompt_eval_count,
         "completion_tokens": final.eval_count,
-        "relayed_tokens": relayed,
-        "ttft_ms": round((first_token_at - began) * 1000, 1) if first_token_at else None,
+        "relayed_tokens": relay.relayed,
+        "ttft_ms": round((relay.first_token_at - began) * 1000, 1) if relay.first_token_at else None,
         "duration_ms": round((ended - began) * 1000, 1),
     }

@@ -21,6 +21,7 @@ from worker.active import ActiveJobs
 from worker.gpu import GpuMonitor
 from worker.heartbeat import Heartbeat
 from worker.ollama_admin import OllamaAdmin
+from worker.ollama_stream import StreamLoop
 from worker.provision import assess_models, vram_budget, wait_for_ollama, warm_default
 from worker.publisher import Publisher
 from worker.slots import DEQUEUE_TIMEOUT_S, SlotWorker
@@ -85,8 +86,9 @@ def run(settings: Settings) -> None:
     )
     admin = OllamaAdmin(settings.ollama_url)
     active = ActiveJobs()
-    publisher = Publisher(redis)
-    context.install(context.WorkerContext(settings, redis, name, label, active, publisher))
+    streams = StreamLoop()
+    publisher = Publisher(settings.redis_url, streams.loop)
+    context.install(context.WorkerContext(settings, redis, name, label, active, publisher, streams))
     heartbeat = Heartbeat(redis, record, gpu, active, admin, publisher)
     _until_redis(heartbeat, stop)
     try:

@@ -1,34 +1,57 @@
-"""One streaming /api/chat call to Ollama on its own socket, cancellable from another thread.
+"""Streaming /api/chat calls to Ollama, all on one event loop thread of the worker process.
 
-Closing the connection is the only way to stop Ollama generating, so the socket is ours: h11
-frames HTTP, `abort()` shuts the socket down (waking a blocked read), and each read hands back
-every complete NDJSON line it brought, so a fast stream is relayed in batches, a slow one per token.
+Closing the connection is the only way to stop Ollama generating, so each call owns its
+connection, and `abort()` (from any thread) closes it. The loop hands every read's complete
+NDJSON lines to the call's `on_lines` at once: a slow stream is relayed token by token, a fast
+one in batches, and hundreds of streams cost one thread, not a thread wake-up per token.
 """
 
 from __future__ import annotations
 
-import contextlib
-import socket
+import asyncio
 import threading
-from collections.abc import Iterator
-from typing import NoReturn
+from collections.abc import Callable, Coroutine
+from concurrent.futures import Future
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-import h11
-
-from common.errors import BackendError, JobCancelled
+from common.errors import BackendError, JobCancelled, RunnerError
 from common.version import __version__
+from worker.http1 import ResponseParser
 from worker.ollama_wire import error_for_status
 
-_READ_SIZE = 65536
-_MAX_ERROR_BODY = 65536
+T = TypeVar("T")
+_MAX_ERROR_BODY = 64 * 1024
+
+# Receives a batch of complete lines; returns True once the answer is complete (its final line).
+LinesHandler = Callable[[list[bytes]], bool]
+
+
+class StreamLoop:
+    """The event loop thread on which every Ollama stream of this process runs."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="ollama-streams", daemon=True)
+        self._thread.start()
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run a coroutine on the loop and wait for its result (from another thread)."""
+        future: Future[T] = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        return future.result()
+
+    def stop(self) -> None:
+        """Stop the loop thread."""
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=2.0)
 
 
 class ChatStream:
-    """A POST /api/chat whose NDJSON answer is read in batches of complete lines."""
+    """One POST /api/chat whose NDJSON answer goes, read by read, to `on_lines`."""
 
     def __init__(
         self,
+        streams: StreamLoop,
         base_url: str,
         body: bytes,
         *,
@@ -36,152 +59,153 @@ class ChatStream:
         connect_timeout: float,
         first_byte_timeout: float,
         idle_timeout: float,
+        on_lines: LinesHandler,
     ) -> None:
         parts = urlsplit(base_url)
-        self._url = base_url
+        self.url = base_url
+        self.tag = tag
+        self.on_lines = on_lines
+        self.first_byte_timeout = first_byte_timeout
+        self.idle_timeout = idle_timeout
+        self._streams = streams
         self._address = (parts.hostname or "localhost", parts.port or 80)
-        self._host_header = parts.netloc
-        self._path = (parts.path.rstrip("/") or "") + "/api/chat"
-        self._body = body
-        self._tag = tag
         self._connect_timeout = connect_timeout
-        self._first_byte_timeout = first_byte_timeout
-        self._idle_timeout = idle_timeout
-        self._sock: socket.socket | None = None
-        self._aborted = False
-        self._lock = threading.Lock()
-        self._conn = h11.Connection(h11.CLIENT)
+        path = (parts.path.rstrip("/") or "") + "/api/chat"
+        self.request = (
+            f"POST {path} HTTP/1.1\r\nHost: {parts.netloc}\r\nUser-Agent: livepeer-llm-runner/{__version__}\r\n"
+            f"Content-Type: application/json\r\nAccept: application/x-ndjson\r\nContent-Length: {len(body)}\r\n\r\n"
+        ).encode() + body
+        self._protocol: _ChatProtocol | None = None
+        self.cancelled = False
 
     def abort(self) -> None:
         """Stop the call from any thread: Ollama sees the connection close and stops generating."""
-        with self._lock:
-            self._aborted = True
-            sock = self._sock
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
+        self.cancelled = True
+        self._streams.loop.call_soon_threadsafe(self._abort_in_loop)
 
-    def close(self) -> None:
-        """Release the socket (always call when done)."""
-        with self._lock:
-            sock, self._sock = self._sock, None
-        if sock is not None:
-            sock.close()
+    def _abort_in_loop(self) -> None:
+        if self._protocol is not None:
+            self._protocol.fail(JobCancelled("cancelled"))
 
-    def open(self) -> None:
-        """Connect and send the request; raises BackendError if Ollama cannot be reached."""
-        try:
-            sock = socket.create_connection(self._address, timeout=self._connect_timeout)
-        except OSError as exc:
-            raise BackendError(f"Ollama at {self._url} is unreachable: {exc}", reason="unreachable") from None
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        with self._lock:
-            self._sock = sock
-            aborted = self._aborted
-        if aborted:
-            raise JobCancelled("cancelled before the request was sent")
-        conn = self._conn
-        request = h11.Request(
-            method="POST",
-            target=self._path,
-            headers=[
-                ("Host", self._host_header),
-                ("User-Agent", f"livepeer-llm-runner/{__version__}"),
-                ("Content-Type", "application/json"),
-                ("Accept", "application/x-ndjson"),
-                ("Content-Length", str(len(self._body))),
-            ],
-        )
-        try:
-            sock.sendall(conn.send(request) + conn.send(h11.Data(data=self._body)) + conn.send(h11.EndOfMessage()))
-        except OSError as exc:
-            self._raise_io(exc, "sending the request")
+    async def run(self, on_sent: Callable[[], None]) -> None:
+        """Send the request, call `on_sent`, and relay the answer until its final line.
 
-    def batches(self) -> Iterator[list[bytes]]:
-        """Yield, read by read, the complete NDJSON lines of a 200 answer.
-
-        Raises BackendError for an error status, a timeout (first byte: model loading; then idle),
-        or a connection that breaks mid-stream; JobCancelled once `abort()` was called.
+        Raises BackendError (error status, unreachable, timeouts: first byte while the model
+        loads, then between tokens; a broken stream), or JobCancelled once `abort()` was called.
         """
-        response = self._read_head()
-        if response.status_code != 200:
-            raise error_for_status(response.status_code, self._read_body(), tag=self._tag, url=self._url)
-        assert self._sock is not None
-        self._sock.settimeout(self._idle_timeout)
-        pending: list[bytes] = []
-        tail = b""
-        while True:
-            event = self._next_event()
-            if event is h11.NEED_DATA:
-                if pending:
-                    yield pending
-                    pending = []
-                self._feed()
-            elif isinstance(event, h11.Data):
-                data = tail + bytes(event.data)
-                *lines, tail = data.split(b"\n")
-                pending.extend(line for line in lines if line.strip())
-            elif isinstance(event, h11.EndOfMessage):
-                if tail.strip():
-                    pending.append(tail)
-                if pending:
-                    yield pending
+        if self.cancelled:
+            raise JobCancelled("cancelled before the request was sent")
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        try:
+            await asyncio.wait_for(
+                loop.create_connection(lambda: _ChatProtocol(self, done), *self._address), self._connect_timeout
+            )
+        except (OSError, TimeoutError) as exc:
+            raise BackendError(f"Ollama at {self.url} is unreachable: {exc or 'connect timeout'}",
+                               reason="unreachable") from None  # fmt: skip
+        if self.cancelled:
+            self._abort_in_loop()
+        on_sent()
+        await done
+
+    def attach(self, protocol: _ChatProtocol) -> None:
+        """Called by the protocol once connected (abort needs it)."""
+        self._protocol = protocol
+
+
+class _ChatProtocol(asyncio.Protocol):
+    """Sends the request, de-frames the answer, and turns every failure into an exception on `done`."""
+
+    def __init__(self, call: ChatStream, done: asyncio.Future[None]) -> None:
+        self.call = call
+        self.done = done
+        self.parser = ResponseParser()
+        self.transport: asyncio.Transport | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.tail = b""
+        self.error_body = b""
+        self.first_byte = True
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.call.attach(self)
+        transport.write(self.call.request)
+        self._arm(self.call.first_byte_timeout)
+
+    def _arm(self, seconds: float) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        self.timer = asyncio.get_running_loop().call_later(seconds, self._timed_out)
+
+    def _timed_out(self) -> None:
+        if self.first_byte:
+            self.fail(BackendError(f"Ollama sent nothing for {self.call.first_byte_timeout:g} s (model still "
+                                   "loading?)", reason="timeout"))  # fmt: skip
+        else:
+            self.fail(BackendError(f"Ollama stalled: no token for {self.call.idle_timeout:g} s", reason="stalled"))
+
+    def data_received(self, data: bytes) -> None:
+        if self.done.done():
+            return
+        self.first_byte = False
+        self._arm(self.call.idle_timeout)
+        try:
+            self._relay(self.parser.feed(data))
+        except RunnerError as exc:
+            self.fail(exc)
+        except ValueError as exc:
+            self.fail(BackendError(f"Ollama broke the HTTP stream: {exc}", reason="truncated"))
+
+    def _relay(self, body: bytes) -> None:
+        status = self.parser.status
+        if status is None:
+            return
+        if status != 200:
+            self.error_body += body
+            if self.parser.complete or len(self.error_body) >= _MAX_ERROR_BODY:
+                raise error_for_status(status, self.error_body, tag=self.call.tag, url=self.call.url)
+            return
+        if body:
+            *lines, self.tail = (self.tail + body).split(b"\n")
+            lines = [line for line in lines if line.strip()]
+            if lines and self.call.on_lines(lines):
+                self.finish()
                 return
-            elif event is h11.PAUSED or isinstance(event, h11.ConnectionClosed):
-                raise BackendError("Ollama closed the connection mid-stream", reason="truncated")
+        if self.parser.complete:
+            if self.tail.strip() and self.call.on_lines([self.tail]):
+                self.finish()
+                return
+            raise BackendError("Ollama ended the stream without its final 'done' line", reason="truncated")
 
-    def _read_head(self) -> h11.Response:
-        assert self._sock is not None
-        self._sock.settimeout(self._first_byte_timeout)
-        while True:
-            event = self._next_event()
-            if event is h11.NEED_DATA:
-                self._feed(first_byte=True)
-            elif isinstance(event, h11.Response):
-                return event
-            elif isinstance(event, h11.ConnectionClosed):
-                raise BackendError(f"Ollama at {self._url} closed the connection without answering", reason="truncated")
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.call.cancelled:
+            self.fail(JobCancelled("cancelled"))
+        elif self.parser.status is None:
+            self.fail(BackendError(f"Ollama at {self.call.url} closed the connection without answering",
+                                   reason="truncated"))  # fmt: skip
+        else:
+            self.fail(BackendError("Ollama closed the connection mid-stream", reason="truncated"))
 
-    def _read_body(self) -> bytes:
-        body = b""
-        while len(body) < _MAX_ERROR_BODY:
-            event = self._next_event()
-            if event is h11.NEED_DATA:
-                self._feed()
-            elif isinstance(event, h11.Data):
-                body += bytes(event.data)
+    def finish(self) -> None:
+        """The answer is complete: close the connection."""
+        if not self.done.done():
+            self.done.set_result(None)
+        self._close(abort=False)
+
+    def fail(self, exc: RunnerError) -> None:
+        """End the call with an error and drop the connection (so Ollama stops)."""
+        if not self.done.done():
+            self.done.set_exception(exc)
+        self._close(abort=True)
+
+    def _close(self, *, abort: bool) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.transport is not None:
+            if abort:
+                self.transport.abort()
             else:
-                break
-        return body
-
-    def _next_event(self) -> object:
-        try:
-            return self._conn.next_event()
-        except h11.RemoteProtocolError as exc:
-            if self._aborted:
-                raise JobCancelled("cancelled") from None
-            raise BackendError(f"Ollama broke the HTTP stream: {exc}", reason="truncated") from None
-
-    def _feed(self, first_byte: bool = False) -> None:
-        assert self._sock is not None
-        try:
-            data = self._sock.recv(_READ_SIZE)
-        except TimeoutError:
-            if self._aborted:
-                raise JobCancelled("cancelled") from None
-            if first_byte:
-                raise BackendError(
-                    f"Ollama sent nothing for {self._first_byte_timeout:g} s (model still loading?)",
-                    reason="timeout",
-                ) from None
-            raise BackendError(f"Ollama stalled: no token for {self._idle_timeout:g} s", reason="stalled") from None
-        except OSError as exc:
-            self._raise_io(exc, "reading the answer")
-        if not data and self._aborted:
-            raise JobCancelled("cancelled")
-        self._conn.receive_data(data)
-
-    def _raise_io(self, exc: OSError, doing: str) -> NoReturn:
-        if self._aborted:
-            raise JobCancelled("cancelled") from None
-        raise BackendError(f"connection to Ollama failed while {doing}: {exc}", reason="unreachable") from None
+                self.transport.close()

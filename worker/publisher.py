@@ -1,21 +1,23 @@
-"""Publishing every job's events from a worker process, batching what piles up.
+"""Publishing every job's events, from the stream loop, batching what piles up.
 
-Whoever publishes while no publish is under way sends at once, on its own thread: no hand-off
-to wake up, so the first token leaves without delay. Events that arrive during that round trip
-wait, and the same thread then sends them all together: one PUBLISH per web process (its
-channel) holding several events separated by newlines (the encoding has none inside). A burst
-of tokens from hundreds of streams so costs a handful of Redis commands, not one each.
+Events are produced on the stream loop (one thread for every Ollama stream of the process) and
+sent by one task on that loop: no thread hand-off before the first token leaves, and the loop
+never blocks on Redis. While one PUBLISH is under way, further events wait; they then leave
+together, one PUBLISH per web process (its channel) holding several events separated by
+newlines (the encoding has none inside). A burst of tokens from hundreds of streams so costs a
+handful of Redis commands, not one each.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import threading
 
-from redis import Redis
+from redis.asyncio import Redis as AsyncRedis
 from redis.exceptions import RedisError
 
 from common.errors import QueueUnavailable
+from common.redis_client import COMMAND_TIMEOUT_S, CONNECT_TIMEOUT_S
 
 logger = logging.getLogger(__name__)
 
@@ -23,55 +25,65 @@ SEPARATOR = b"\n"
 
 
 class Publisher:
-    """Combines concurrent publishes: one thread at a time sends, for everyone, what is pending."""
+    """Batches events per channel and publishes them from a task on `loop`."""
 
-    def __init__(self, redis: Redis) -> None:
-        self._redis = redis
+    def __init__(self, redis_url: str, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._redis = AsyncRedis.from_url(
+            redis_url,
+            socket_connect_timeout=CONNECT_TIMEOUT_S,
+            socket_timeout=COMMAND_TIMEOUT_S,
+            max_connections=4,
+        )
         self._pending: dict[str, list[bytes]] = {}
-        self._lock = threading.Lock()
-        self._sending = False
         self._lost: dict[str, str] = {}  # job id → why its events were lost
+        self._wakeup: asyncio.Event | None = None
+        asyncio.run_coroutine_threadsafe(self._run(), loop)
 
     def publish(self, job_id: str, channel: str, message: bytes) -> None:
-        """Send one event of `job_id` on `channel` (now, or with the batch under way).
+        """Queue one event of `job_id` for `channel` (on the loop's thread only).
 
         Raises QueueUnavailable if events of this job could not be published earlier.
         """
         lost = self._lost.get(job_id)
         if lost is not None:
             raise QueueUnavailable(f"events of this job could not be published: {lost}")
-        with self._lock:
-            queued = self._pending.get(channel)
-            if queued is None:
-                self._pending[channel] = [message]
-            else:
-                queued.append(message)
-            if self._sending:
-                return  # the thread sending now sends this too, right after
-            self._sending = True
-        self._send_pending()
+        self._add(channel, message)
+
+    def publish_threadsafe(self, channel: str, message: bytes) -> None:
+        """Queue one event from any other thread (the heartbeat's pings)."""
+        self._loop.call_soon_threadsafe(self._add, channel, message)
 
     def forget(self, job_id: str) -> None:
         """Drop what is known about a finished job."""
         self._lost.pop(job_id, None)
 
-    def _send_pending(self) -> None:
-        """Send batches until nothing is pending; then let the next publisher send."""
+    def _add(self, channel: str, message: bytes) -> None:
+        queued = self._pending.get(channel)
+        if queued is None:
+            self._pending[channel] = [message]
+        else:
+            queued.append(message)
+        if self._wakeup is not None:
+            self._wakeup.set()
+
+    async def _run(self) -> None:
+        self._wakeup = wakeup = asyncio.Event()
         while True:
-            with self._lock:
-                batch, self._pending = self._pending, {}
-                if not batch:
-                    self._sending = False
-                    return
+            await wakeup.wait()
+            wakeup.clear()
+            batch, self._pending = self._pending, {}
+            if not batch:
+                continue
             try:
                 if len(batch) == 1:
                     ((channel, messages),) = batch.items()
-                    self._redis.publish(channel, SEPARATOR.join(messages))
+                    await self._redis.publish(channel, SEPARATOR.join(messages))
                 else:
-                    with self._redis.pipeline(transaction=False) as pipe:
+                    async with self._redis.pipeline(transaction=False) as pipe:
                         for channel, messages in batch.items():
                             pipe.publish(channel, SEPARATOR.join(messages))
-                        pipe.execute()
+                        await pipe.execute()
             except (RedisError, OSError) as exc:
                 # Those jobs' clients miss events: each job learns it at its next publish and ends.
                 logger.error("publishing job events failed: %s", exc)
