@@ -24,12 +24,12 @@ from common.events import TERMINAL, Done, Failed, Ping, Started, Tokens, decode
 from common.fleet import capacity, why_unserved
 from common.jobs import FAILURE_TTL_S, QUEUED_TTL_MARGIN_S, RESULT_TTL_S, GenerateJob
 from web.client import ClientWatch
+from web.hub import TICK
 from web.runtime import Runtime
 from web.validation import LLMRequest
 
 logger = logging.getLogger(__name__)
 
-TICK_S = 0.25
 MIN_DEFAULT_QUEUE = 4
 
 Answer = Tokens | Done | Failed
@@ -162,12 +162,9 @@ class JobRelay:
         """
         assert self._inbox is not None
         while True:
-            try:
-                raw: bytes | None = self._inbox.get(timeout=TICK_S)
-            except queue.Empty:
-                raw = None
+            raw = self._inbox.get()  # an event, or the hub's TICK every TICK_S
             now = time.monotonic()
-            if raw is not None:
+            if raw is not TICK:
                 self._last_heard = now
                 event = self._accept(raw, now)
                 if event is not None:
@@ -187,6 +184,8 @@ class JobRelay:
                 raw = self._inbox.get_nowait()
             except queue.Empty:
                 return events
+            if raw is TICK:
+                continue
             self._last_heard = now
             event = self._accept(raw, now)
             if event is not None:
