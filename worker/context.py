@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
 
 from redis import Redis
 
@@ -23,6 +25,8 @@ class WorkerContext:
     active: ActiveJobs
     publisher: Publisher
     streams: StreamLoop
+    # Jobs whose Ollama call already started (worker.jobs.begin), by id.
+    begun: dict[str, Future[dict[str, Any]]] = field(default_factory=dict)
 
 
 _current: WorkerContext | None = None

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from typing import Any
 
 from rq import get_current_job
@@ -25,6 +27,25 @@ TOKENS_PER_EVENT = 16
 SHUTDOWN = "the worker is shutting down"
 
 
+def begin(job_id: str, payload: dict[str, Any]) -> None:
+    """Start a job's Ollama call on the stream loop now; `generate` then waits for it.
+
+    The worker calls this the moment it has taken the job, so the request leaves for Ollama
+    without waiting for the RQ thread that runs `generate` to be scheduled.
+    """
+    ctx = context.current()
+    spec = GenerateJob.from_payload(payload)
+    future: Future[dict[str, Any]]
+    try:
+        handle = ctx.active.start(job_id, spec.reply_to)
+    except JobCancelled as exc:
+        future = Future()
+        future.set_exception(exc)
+    else:
+        future = asyncio.run_coroutine_threadsafe(_relay(job_id, spec, handle), ctx.streams.loop)
+    ctx.begun[job_id] = future
+
+
 def generate(payload: dict[str, Any]) -> dict[str, Any]:
     """Run the job in `payload` (a GenerateJob); returns a summary RQ keeps as the job's result.
 
@@ -36,10 +57,10 @@ def generate(payload: dict[str, Any]) -> dict[str, Any]:
     job = get_current_job()
     if job is None:
         raise RuntimeError("generate() runs only as an RQ job")
-    spec = GenerateJob.from_payload(payload)
-    handle = ctx.active.start(job.id, spec.reply_to)
+    if job.id not in ctx.begun:
+        begin(job.id, payload)
     try:
-        return ctx.streams.run(_relay(job.id, spec, handle))
+        return ctx.begun.pop(job.id).result()
     finally:
         ctx.active.finish(job.id)
         ctx.publisher.forget(job.id)

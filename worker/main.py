@@ -16,7 +16,7 @@ from common.fleet import READY, STOPPING, WorkerRecord
 from common.redis_client import make_redis
 from common.settings import Settings
 from common.version import __version__
-from worker import context
+from worker import context, jobs
 from worker.active import ActiveJobs
 from worker.gpu import GpuMonitor
 from worker.heartbeat import Heartbeat
@@ -113,6 +113,7 @@ def run(settings: Settings) -> None:
             slots=settings.slots,
             active=active,
             grace_s=settings.shutdown_grace_s,
+            on_taken=lambda job: jobs.begin(job.id, job.args[0]),
         )
         heartbeat.worker = worker
         heartbeat.refresh_routing()
@@ -124,6 +125,7 @@ def run(settings: Settings) -> None:
     finally:
         record.state = STOPPING
         heartbeat.stop()
+        streams.stop()
         try:
             fleet.withdraw(redis, name)
         except Exception as exc:

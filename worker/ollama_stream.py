@@ -41,9 +41,19 @@ class StreamLoop:
         return future.result()
 
     def stop(self) -> None:
-        """Stop the loop thread."""
+        """Cancel what still runs on the loop, then stop and close it."""
+
+        async def cancel_all() -> None:
+            current = asyncio.current_task()
+            for task in asyncio.all_tasks():
+                if task is not current:
+                    task.cancel()
+
+        asyncio.run_coroutine_threadsafe(cancel_all(), self.loop).result(timeout=2.0)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(timeout=2.0)
+        if not self._thread.is_alive():
+            self.loop.close()
 
 
 class ChatStream:

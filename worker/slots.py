@@ -18,6 +18,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from types import FrameType, TracebackType
 from typing import Any
@@ -91,6 +92,7 @@ class SlotWorker(BaseWorker):
         slots: int,
         active: ActiveJobs,
         grace_s: float,
+        on_taken: Callable[[Job], None] | None = None,
     ) -> None:
         super().__init__(
             queues,
@@ -105,6 +107,8 @@ class SlotWorker(BaseWorker):
         self.slots = slots
         self.active = active
         self.grace_s = grace_s
+        # Called with each job the moment it is taken, before any bookkeeping: lets it start its I/O.
+        self.on_taken = on_taken
         self._queues_by_name = {q.name: q for q in self.queues}
         self._pool = ThreadPoolExecutor(max_workers=slots, thread_name_prefix="slot")
         self._stop = threading.Event()
@@ -220,14 +224,19 @@ class SlotWorker(BaseWorker):
         jobs = [job for job in Job.fetch_many(job_ids, self.connection, self.serializer) if job is not None]
         if not jobs:
             return
-        # The jobs start at once (their Ollama calls go out) while RQ's start bookkeeping runs here:
+        # The jobs run (their Ollama calls are out already) while RQ's start bookkeeping runs here:
         # it is off the path to the first token, which Ollama takes longer than that to produce.
+        if self.on_taken is not None:
+            for job in jobs:
+                try:
+                    self.on_taken(job)
+                except Exception:
+                    logger.exception("job %s: could not be started early; it starts in its thread", job.id)
         batch = _Batch()
         with self._changed:
             self._running += len(jobs)
         for index, job in enumerate(jobs):
             self._pool.submit(self._run, job, batch, index)
-        time.sleep(0)  # let the job threads take the GIL first and send their requests
         try:
             batch.executions = self._mark_started(jobs)
         finally:
