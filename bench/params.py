@@ -26,7 +26,6 @@ class Params:
     conc_rate: float = 25.0  # tokens/s per stream, a realistic GPU rate
     out: Path = REPO / "bench" / "results"
     strict: bool = False
-    redis_pool: int = 0  # >0: REDIS_URL gets ?max_connections=N for web and worker (a workaround)
 
     def describe(self) -> dict[str, Any]:
         """The parameters as plain values, for the report."""
@@ -51,17 +50,10 @@ def parse_args(argv: list[str] | None = None) -> Params:
     ap.add_argument("--relay-tokens", type=int, help="tokens in the long relay stream")
     ap.add_argument("--stream-tokens", type=int, help="tokens per stream in the concurrency scenario")
     ap.add_argument("--rate", type=float, help="tokens/s per stream in the concurrency scenario")
-    ap.add_argument(
-        "--redis-pool",
-        type=int,
-        default=0,
-        metavar="N",
-        help="workaround: add ?max_connections=N to the runner's REDIS_URL (redis-py defaults to 100)",
-    )
     ap.add_argument("--strict", action="store_true", help="also exit non-zero (3) when a target is missed")
     a = ap.parse_args(argv)
     p = replace(Params(), **QUICK) if a.quick else Params()  # type: ignore[arg-type]
-    changes: dict[str, Any] = {"strict": a.strict, "redis_pool": a.redis_pool}
+    changes: dict[str, Any] = {"strict": a.strict}
     if a.n:
         changes["ns"] = tuple(sorted({int(x) for x in a.n.split(",") if x.strip()}))
         if not changes["ns"] or min(changes["ns"]) < 1:

@@ -1,6 +1,6 @@
 """Where the runner's CPU goes: py-spy on the web and the worker while one scenario runs (runner path).
 
-`python -m bench.profile --scenario conc --n 256 [--redis-pool 1024] [--out DIR]` starts the same
+`python -m bench.profile --scenario conc --n 256 [--gil] [--out DIR]` starts the same
 stack as `python -m bench`, warms it up, records both processes with `py-spy record --format raw`
 during the scenario, and prints the functions with the most samples (self and inclusive).
 """
@@ -82,14 +82,13 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__)
     ap.add_argument("--scenario", choices=("ttft", "relay", "conc"), default="conc")
     ap.add_argument("--n", type=int, default=256)
-    ap.add_argument("--redis-pool", type=int, default=0)
     ap.add_argument("--gil", action="store_true", help="only samples holding the GIL (py-spy --gil)")
     ap.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "bench-profile")
     a = ap.parse_args(argv)
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     p, workdir = Params(), Path(tempfile.mkdtemp(prefix="llm-bench-prof-"))
     a.out.mkdir(parents=True, exist_ok=True)
-    stack = Stack(workdir, slots=max(a.n, 16), redis_pool=a.redis_pool)
+    stack = Stack(workdir, slots=max(a.n, 16))
     spies: list[tuple[str, subprocess.Popen[bytes], Path]] = []
     try:
         stack.start()
@@ -110,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
             spy_proc.send_signal(signal.SIGINT)
             spy_proc.wait(timeout=30)
         stack.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
     for name, _, raw in spies:
         print(f"\n== {name} ({raw}) ==\n{top(raw)}" if raw.exists() else f"\n== {name}: no profile ==")
     return 0

@@ -70,7 +70,7 @@ def execute(p: Params) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, _interrupt)  # also when started with SIGINT ignored (background jobs)
     workdir = Path(tempfile.mkdtemp(prefix="llm-bench-"))
-    stack = Stack(workdir, slots=max(p.ns), redis_pool=p.redis_pool)
+    stack = Stack(workdir, slots=max(p.ns))
     verifier, res = Verifier(), Results()
     started, ok = time.time(), False
     try:
@@ -108,8 +108,7 @@ def execute(p: Params) -> int:
         "notes": "the client's CPU competes with the servers on the same cores (see the CPU table); "
         "TTFT = before connecting → first content token parsed; the fake's listen backlog is raised to "
         "somaxconn as Go's (real Ollama's) is; the worker gets VRAM_MB=1 TiB (its KV estimate for "
-        f"{max(p.ns)} slots × 4096 ctx must fit), MAX_TOKENS and MAX_QUEUE raised so nothing is refused"
-        + (f"; REDIS_URL has ?max_connections={p.redis_pool} (workaround)" if p.redis_pool else ""),
+        f"{max(p.ns)} slots × 4096 ctx must fit), MAX_TOKENS and MAX_QUEUE raised so nothing is refused",
     }
     if evidence:
         meta["TTFT breakdown"] = evidence

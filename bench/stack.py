@@ -26,10 +26,9 @@ VRAM_MB = 1 << 20
 class Stack:
     """Starts the processes, knows their pids and logs, stops them all (also on failure)."""
 
-    def __init__(self, workdir: Path, slots: int, redis_pool: int = 0) -> None:
+    def __init__(self, workdir: Path, slots: int) -> None:
         self.workdir = workdir
         self.slots = slots
-        self.redis_pool = redis_pool
         self.children: list[Child] = []
         self.redis_url = ""
         self.fake_url = ""
@@ -75,9 +74,8 @@ class Stack:
 
     def _runner_env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k not in ("FAKE_NVML_GPUS", "AUTH_TOKEN", "MODELS", "PORT")}
-        pool = f"?max_connections={self.redis_pool}" if self.redis_pool else ""
         env.update(
-            REDIS_URL=self.redis_url + pool,
+            REDIS_URL=self.redis_url,
             OLLAMA_URL=self.fake_url,
             OLLAMA_NUM_PARALLEL=str(self.slots),
             MAX_QUEUE="100000",

@@ -42,38 +42,21 @@ def _gpus(records: list[WorkerRecord], model_id: str | None) -> dict[str, Worker
     return gpus
 
 
-def hardware_info(records: list[WorkerRecord] | None, model_id: str, scope: str | None) -> dict[str, Any]:
-    """`/hardware/info`: id, name, memory and compute capability of each GPU (serving `scope`, if set)."""
-    info = {}
+# The fields of each GPU entry, per answer (GPUComputeInfo and GPUUtilizationInfo in the contract).
+_INFO_FIELDS = ("memory_total", "memory_free", "major", "minor")
+_STATS_FIELDS = ("memory_total", "memory_free", "utilization_compute", "utilization_memory")
+
+
+def hardware(records: list[WorkerRecord] | None, model_id: str, scope: str | None, *, stats: bool) -> dict[str, Any]:
+    """`/hardware/info` (identity, memory, compute capability) or `/hardware/stats` (memory and
+    utilisation, as last measured) of each GPU of the fleet, or of those serving `scope`."""
+    fields = _STATS_FIELDS if stats else _INFO_FIELDS
+    gpus = {}
     for key, record in _gpus(records or [], scope).items():
         gpu = record.gpu
         assert gpu is not None
-        info[key] = {
-            "id": gpu.uuid,
-            "name": gpu.name,
-            "memory_total": gpu.memory_total,
-            "memory_free": gpu.memory_free,
-            "major": gpu.major,
-            "minor": gpu.minor,
-        }
-    return {"pipeline": PIPELINE, "model_id": model_id, "gpu_info": info}
-
-
-def hardware_stats(records: list[WorkerRecord] | None, model_id: str, scope: str | None) -> dict[str, Any]:
-    """`/hardware/stats`: memory and utilisation of each GPU (serving `scope`, if set), as last measured."""
-    stats = {}
-    for key, record in _gpus(records or [], scope).items():
-        gpu = record.gpu
-        assert gpu is not None
-        stats[key] = {
-            "id": gpu.uuid,
-            "name": gpu.name,
-            "memory_total": gpu.memory_total,
-            "memory_free": gpu.memory_free,
-            "utilization_compute": gpu.utilization_compute,
-            "utilization_memory": gpu.utilization_memory,
-        }
-    return {"pipeline": PIPELINE, "model_id": model_id, "gpu_stats": stats}
+        gpus[key] = {"id": gpu.uuid, "name": gpu.name, **{field: getattr(gpu, field) for field in fields}}
+    return {"pipeline": PIPELINE, "model_id": model_id, "gpu_stats" if stats else "gpu_info": gpus}
 
 
 def fleet(records: list[WorkerRecord] | None, settings: Settings) -> dict[str, Any]:

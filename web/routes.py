@@ -62,24 +62,17 @@ def version(model_id: str | None = None) -> Response:
     return jsonify(answers.version(scope.model_id))
 
 
-@bp.get("/hardware/info")
-@bp.get("/<path:model_id>/hardware/info")
-def hardware_info(model_id: str | None = None) -> Response:
-    """The fleet's GPUs (those serving the prefix's model, under a prefix)."""
+@bp.get("/hardware/info", defaults={"stats": False})
+@bp.get("/<path:model_id>/hardware/info", defaults={"stats": False})
+@bp.get("/hardware/stats", defaults={"stats": True})
+@bp.get("/<path:model_id>/hardware/stats", defaults={"stats": True})
+def hardware(stats: bool, model_id: str | None = None) -> Response:
+    """The fleet's GPUs (those serving the prefix's model, under a prefix): identity, or live figures."""
     rt = runtime()
     scope = _scope(rt, model_id)
     shown = scope or rt.settings.default_model
-    return jsonify(answers.hardware_info(rt.fleet.view_or_none(), shown.model_id, scope.model_id if scope else None))
-
-
-@bp.get("/hardware/stats")
-@bp.get("/<path:model_id>/hardware/stats")
-def hardware_stats(model_id: str | None = None) -> Response:
-    """The fleet's GPUs' memory and utilisation."""
-    rt = runtime()
-    scope = _scope(rt, model_id)
-    shown = scope or rt.settings.default_model
-    return jsonify(answers.hardware_stats(rt.fleet.view_or_none(), shown.model_id, scope.model_id if scope else None))
+    records = rt.fleet.view_or_none()
+    return jsonify(answers.hardware(records, shown.model_id, scope.model_id if scope else None, stats=stats))
 
 
 @bp.get("/fleet")
