@@ -22,7 +22,7 @@ from tests.conftest import RedisServer
 from tests.fake_ollama import ChatRecord, FakeOllama
 from tests.golivepeer import read_stream
 from tests.rawclient import RawRequest
-from tests.stack import Process, Stack, wait_until
+from tests.stack import Process, Stack, free_port, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -307,3 +307,22 @@ def test_a_stall_between_tokens_ends_the_stream_with_an_error(stack: Stack, fake
     assert fake_ollama.wait_for(lambda f: record_for(f, "stalling").outcome == "cancelled")  # type: ignore[union-attr]
     fake_ollama.set_behavior("*", stall_after=None, reply_tokens=2)
     assert call("POST", f"{stack.web_url}/llm", json=body()).status_code == 200
+
+
+def test_a_worker_started_before_redis_waits_and_stops_cleanly(stack: Stack, fake_ollama: FakeOllama) -> None:
+    worker = stack.start_worker(wait_ready=False, REDIS_URL=f"redis://127.0.0.1:{free_port()}/0",
+                                OLLAMA_URL=fake_ollama.url, VRAM_MB=8192)  # fmt: skip
+    wait_until(lambda: "waiting for Redis" in worker.output(), 10, "the worker waiting for Redis")
+    worker.signal(signal.SIGTERM)
+    assert worker.popen.wait(timeout=10) == 0
+
+
+def test_a_worker_started_before_ollama_serves_once_it_answers(stack: Stack, redis: Redis) -> None:
+    port = free_port()
+    stack.start_web()
+    worker = stack.start_worker(wait_ready=False, OLLAMA_URL=f"http://127.0.0.1:{port}", VRAM_MB=8192)
+    wait_until(lambda: "waiting for Ollama" in worker.output(), 10, "the worker waiting for Ollama")
+    with FakeOllama(port=port).start() as late:
+        late.set_behavior("*", reply_tokens=2)
+        stack.wait_worker_ready(worker)
+        assert call("POST", f"{stack.web_url}/llm", json=body()).status_code == 200

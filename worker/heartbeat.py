@@ -60,7 +60,8 @@ class Heartbeat:
     def stop(self) -> None:
         """Stop the thread."""
         self._stop.set()
-        self._thread.join(timeout=PING_S * 3)
+        if self._thread.ident is not None:  # started (not when stopped while waiting for Redis)
+            self._thread.join(timeout=PING_S * 3)
 
     def announce(self) -> None:
         """Refresh the fleet record now (GPU figures, busy slots, state)."""

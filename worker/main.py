@@ -125,6 +125,7 @@ def run(settings: Settings) -> None:
     finally:
         record.state = STOPPING
         heartbeat.stop()
+        publisher.flush()  # the last jobs' final events
         streams.stop()
         try:
             fleet.withdraw(redis, name)

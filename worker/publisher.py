@@ -101,6 +101,7 @@ class Publisher:
         self._pending: dict[str, list[bytes]] = {}
         self._lost: dict[str, str] = {}  # job id → why its events were lost
         self._wakeup: asyncio.Event | None = None
+        self._sending = False
         asyncio.run_coroutine_threadsafe(self._run(), loop)
 
     def publish(self, job_id: str, channel: str, message: bytes) -> None:
@@ -116,6 +117,18 @@ class Publisher:
     def publish_threadsafe(self, channel: str, message: bytes) -> None:
         """Queue one event from any other thread (the heartbeat's pings)."""
         self._loop.call_soon_threadsafe(self._add, channel, message)
+
+    def flush(self, timeout: float = 2.0) -> None:
+        """Wait (from another thread) until every event queued so far has been sent or given up."""
+
+        async def drained() -> None:
+            while self._pending or self._sending:
+                await asyncio.sleep(0.005)
+
+        try:
+            asyncio.run_coroutine_threadsafe(drained(), self._loop).result(timeout)
+        except TimeoutError:
+            logger.warning("%d channel(s) of events still unpublished at shutdown", len(self._pending))
 
     def forget(self, job_id: str) -> None:
         """Drop what is known about a finished job."""
@@ -138,6 +151,7 @@ class Publisher:
             batch, self._pending = self._pending, {}
             if not batch:
                 continue
+            self._sending = True
             try:
                 await self._link.publish([(channel, SEPARATOR.join(messages)) for channel, messages in batch.items()])
             except (OSError, ValueError) as exc:
@@ -146,3 +160,5 @@ class Publisher:
                 for messages in batch.values():
                     for message in messages:
                         self._lost[message.partition(b"|")[0].decode()] = str(exc) or type(exc).__name__
+            finally:
+                self._sending = False
