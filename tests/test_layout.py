@@ -63,8 +63,8 @@ def test_web_command_holds_many_streams() -> None:
 PROVIDERS = {
     "flask": "flask",
     "werkzeug": "flask",
-    "gevent": "gevent",
-    "gunicorn": "gunicorn",
+    "gevent": "gunicorn[gevent]",
+    "gunicorn": "gunicorn[gevent]",
     "hiredis": "redis[hiredis]",
     "prometheus_client": "prometheus-client",
     "pynvml": "nvidia-ml-py",
