@@ -137,6 +137,7 @@ class ProgressBar:
         self._last_tenth = -1
 
     def __call__(self, line: dict[str, Any]) -> None:
+        """Show one progress line of Ollama's pull."""
         total, done = line.get("total"), line.get("completed")
         status = str(line.get("status", ""))
         if not (isinstance(total, int) and isinstance(done, int) and total):
