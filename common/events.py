@@ -1,6 +1,7 @@
 """The worker→web event wire: what a worker publishes about a job, encoded compactly.
 
-A message is `<job id>|<kind><body>`. Tokens travel with their text already JSON-encoded,
+A message is `<job id>|<kind><body>`; several travel in one pub/sub payload, a line each (JSON
+escapes newlines, so no message holds one). Tokens travel with their text already JSON-encoded,
 so the web pastes it into an SSE chunk without decoding it again.
 """
 
@@ -10,6 +11,7 @@ import json
 from dataclasses import asdict, dataclass
 
 _SEP = b"|"
+BATCH_SEPARATOR = b"\n"
 _STARTED, _TOKENS, _PING, _DONE, _FAILED = b"s", b"t", b"p", b"d", b"e"
 
 
@@ -79,9 +81,19 @@ def encode(job_id: str, event: Event) -> bytes:
     return f"{job_id}|{kind}{json.dumps(asdict(event), separators=(',', ':'))}".encode()
 
 
-def job_id_of(message: bytes) -> str:
-    """The job id a message is about, without decoding the rest (the hub's routing step)."""
-    return message.partition(_SEP)[0].decode()
+def job_key(message: bytes) -> bytes:
+    """The job id a message is about, as bytes, without decoding the rest (for routing)."""
+    return message.partition(_SEP)[0]
+
+
+def join_batch(messages: list[bytes]) -> bytes:
+    """Several messages as one pub/sub payload (no encoded event contains a newline)."""
+    return BATCH_SEPARATOR.join(messages)
+
+
+def split_batch(payload: bytes) -> list[bytes]:
+    """The messages of one pub/sub payload."""
+    return payload.split(BATCH_SEPARATOR)
 
 
 def decode(message: bytes) -> tuple[str, Event]:

@@ -6,7 +6,19 @@ import json
 
 import pytest
 
-from common.events import Done, Failed, Ping, Started, Tokens, decode, encode, encode_tokens, job_id_of
+from common.events import (
+    Done,
+    Failed,
+    Ping,
+    Started,
+    Tokens,
+    decode,
+    encode,
+    encode_tokens,
+    job_key,
+    join_batch,
+    split_batch,
+)
 
 JOB = "0123456789abcdef0123456789abcdef"
 
@@ -29,7 +41,8 @@ def test_events_round_trip(event: object) -> None:
 def test_tokens_keep_their_exact_text(text: str) -> None:
     message = encode_tokens(JOB, json.dumps(text, ensure_ascii=False), 3)
     job_id, event = decode(message)
-    assert job_id == JOB and job_id_of(message) == JOB
+    assert job_id == JOB and job_key(message) == JOB.encode()
+    assert b"\n" not in message
     assert isinstance(event, Tokens)
     assert event.text == text and event.count == 3
 
@@ -38,3 +51,9 @@ def test_tokens_keep_their_exact_text(text: str) -> None:
 def test_malformed_messages_raise_value_error(raw: bytes) -> None:
     with pytest.raises(ValueError):
         decode(raw)
+
+
+def test_a_batch_splits_back_into_its_messages() -> None:
+    messages = [encode(JOB, Started("w", "gpu0")), encode_tokens(JOB, json.dumps("a\nb"), 1), encode(JOB, Ping())]
+    assert split_batch(join_batch(messages)) == messages
+    assert all(b"\n" not in m for m in messages)

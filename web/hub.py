@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 
 from redis import Redis
 from redis.connection import AbstractConnection
@@ -17,6 +18,7 @@ from redis.exceptions import ConnectionError, RedisError, TimeoutError
 
 from common import keys
 from common.errors import QueueUnavailable
+from common.events import job_key, split_batch
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +39,6 @@ class EventHub:
         self._inboxes: dict[bytes, queue.SimpleQueue[bytes]] = {}
         self._lock = threading.Lock()
         self._subscribed = threading.Event()
-        self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._ticker: threading.Thread | None = None
 
@@ -52,11 +53,6 @@ class EventHub:
         if not self._subscribed.wait(timeout):
             raise QueueUnavailable("cannot reach Redis to follow jobs; the runner's queue is unavailable")
 
-    @property
-    def connected(self) -> bool:
-        """Whether the subscription is up right now."""
-        return self._subscribed.is_set()
-
     def register(self, job_id: str) -> queue.SimpleQueue[bytes]:
         """An inbox that receives every event about `job_id` until `unregister`, and a TICK every TICK_S."""
         inbox: queue.SimpleQueue[bytes] = queue.SimpleQueue()
@@ -67,24 +63,15 @@ class EventHub:
         """Stop routing messages for `job_id`."""
         self._inboxes.pop(job_id.encode(), None)
 
-    def waiting(self) -> int:
-        """How many requests are following a job in this process."""
-        return len(self._inboxes)
-
-    def stop(self) -> None:
-        """Stop the dispatcher (tests and shutdown)."""
-        self._stopping.set()
-        if self._thread is not None:
-            self._thread.join(timeout=_READ_TIMEOUT_S * 2)
-
     def _tick(self) -> None:
-        while not self._stopping.wait(TICK_S):
+        while True:
+            time.sleep(TICK_S)
             for inbox in list(self._inboxes.values()):
                 inbox.put(TICK)
 
     def _run(self) -> None:
         backoff = 0.1
-        while not self._stopping.is_set():
+        while True:  # for the life of the process
             connection = None
             try:
                 connection = self._subscribe()
@@ -94,12 +81,11 @@ class EventHub:
                 if self._subscribed.is_set():
                     logger.warning("event hub lost Redis (%s); resubscribing", exc)
                 self._subscribed.clear()
-                self._stopping.wait(backoff)
+                time.sleep(backoff)
                 backoff = min(backoff * 2, _MAX_BACKOFF_S)
             finally:
                 if connection is not None:
                     connection.disconnect()
-        self._subscribed.clear()
 
     def _subscribe(self) -> AbstractConnection:
         """A dedicated connection subscribed to this process's channel.
@@ -117,7 +103,7 @@ class EventHub:
     def _listen(self, connection: AbstractConnection) -> None:
         """Dispatch messages until stopped; a silent connection is PINGed, and dropped if still silent."""
         unanswered = 0
-        while not self._stopping.is_set():
+        while True:
             try:
                 # push_request: with RESP3, messages are push frames redis-py would otherwise divert.
                 reply = connection.read_response(timeout=_READ_TIMEOUT_S, disconnect_on_error=False, push_request=True)
@@ -138,9 +124,9 @@ class EventHub:
                 logger.info("event hub subscribed to %s", self.channel)
 
     def _dispatch(self, data: bytes) -> None:
-        # A worker sends what piled up for this process in one message, one event per line.
+        # A worker sends what piled up for this process in one payload, one event per line.
         inboxes = self._inboxes
-        for event in data.split(b"\n"):
-            inbox = inboxes.get(event.partition(b"|")[0])
+        for event in split_batch(data):
+            inbox = inboxes.get(job_key(event))
             if inbox is not None:
                 inbox.put(event)

@@ -22,11 +22,10 @@ import hiredis
 from redis.connection import parse_url
 
 from common.errors import QueueUnavailable
+from common.events import job_key, join_batch
 from common.redis_client import COMMAND_TIMEOUT_S, CONNECT_TIMEOUT_S
 
 logger = logging.getLogger(__name__)
-
-SEPARATOR = b"\n"
 
 
 class RedisLink:
@@ -153,12 +152,12 @@ class Publisher:
                 continue
             self._sending = True
             try:
-                await self._link.publish([(channel, SEPARATOR.join(messages)) for channel, messages in batch.items()])
+                await self._link.publish([(channel, join_batch(messages)) for channel, messages in batch.items()])
             except (OSError, ValueError) as exc:
                 # Those jobs' clients miss events: each job learns it at its next publish and ends.
                 logger.error("publishing job events failed: %s", exc or type(exc).__name__)
                 for messages in batch.values():
                     for message in messages:
-                        self._lost[message.partition(b"|")[0].decode()] = str(exc) or type(exc).__name__
+                        self._lost[job_key(message).decode()] = str(exc) or type(exc).__name__
             finally:
                 self._sending = False
