@@ -189,6 +189,9 @@ def test_a_full_queue_is_refused_at_once(stack: Stack, fake_ollama: FakeOllama, 
     response = call("POST", f"{stack.web_url}/llm", json=body("one too many"))
     assert time.monotonic() - asked < 1.0
     assert response.status_code == 500 and "at capacity" in response.json()["detail"]["msg"]
+    assert redis.llen(QUEUE_KEY) == 2  # the refused job is not left waiting
+    assert only_job(redis, "canceled")  # it was recorded as cancelled, never started
+    assert record_for(fake_ollama, "one too many") is None
     for request in requests:
         request.close()
 
@@ -205,6 +208,8 @@ def test_a_job_that_waits_past_the_queue_timeout_is_answered_and_dropped(
     assert 0.9 <= time.monotonic() - asked < 2.5
     assert response.status_code == 500 and "no slot" in response.json()["detail"]["msg"]
     assert redis.llen(QUEUE_KEY) == 0
+    dropped = only_job(redis, "canceled")
+    assert_nothing_lingers(redis, dropped)
     running.close()
     time.sleep(0.3)
     assert record_for(fake_ollama, "patient") is None
@@ -220,6 +225,7 @@ def test_worker_sigterm_lets_a_running_stream_finish(stack: Stack, fake_ollama: 
     result = read_stream(request.body_lines())
     assert result.finish_reason == "stop" and result.usage["completion_tokens"] == 30
     assert worker.popen.wait(timeout=10) == 0
+    assert_nothing_lingers(stack.redis, only_job(stack.redis, "finished"))
 
 
 def test_worker_sigterm_past_its_grace_ends_streams_with_an_error(stack: Stack, fake_ollama: FakeOllama) -> None:
@@ -249,6 +255,8 @@ def test_web_sigterm_ends_open_streams_with_a_final_chunk(stack: Stack, fake_oll
     assert result.finish_reason == "error" and result.saw_done_marker
     assert fake_ollama.wait_for(lambda f: record_for(f, "web going").outcome == "cancelled", 3)  # type: ignore[union-attr]
     assert web.popen.wait(timeout=15) == 0
+    job_id = only_job(stack.redis, "canceled")
+    assert_nothing_lingers(stack.redis, job_id)
 
 
 def test_concurrent_disconnects_leave_no_generation_running(
@@ -326,3 +334,26 @@ def test_a_worker_started_before_ollama_serves_once_it_answers(stack: Stack, red
         late.set_behavior("*", reply_tokens=2)
         stack.wait_worker_ready(worker)
         assert call("POST", f"{stack.web_url}/llm", json=body()).status_code == 200
+
+
+def test_a_stuck_worker_is_given_up_on_and_serves_again_when_it_resumes(
+    stack: Stack, fake_ollama: FakeOllama, redis: Redis
+) -> None:
+    fake_ollama.set_behavior("*", tokens_per_s=20, reply_tokens=1000)
+    worker = start(stack, fake_ollama)
+    request = RawRequest(f"{stack.web_url}/llm", body("frozen", stream=True))
+    request.read_until(b"data: ")
+    worker.signal(signal.SIGSTOP)
+    try:
+        stopped = time.monotonic()
+        request.read_all(timeout=15)
+        assert time.monotonic() - stopped < 10
+        result = read_stream(request.body_lines())
+        assert result.finish_reason == "error" and result.saw_done_marker
+    finally:
+        worker.signal(signal.SIGCONT)
+    # Back, it hears that its job was given up on, stops that generation, and takes new jobs.
+    assert fake_ollama.wait_for(lambda f: record_for(f, "frozen").outcome == "cancelled", 5)  # type: ignore[union-attr]
+    fake_ollama.set_behavior("*", tokens_per_s=0, reply_tokens=2)
+    wait_until(lambda: call("POST", f"{stack.web_url}/llm", json=body("thawed"), timeout=5).status_code == 200, 10,
+               "the resumed worker serving")  # fmt: skip
