@@ -40,11 +40,6 @@ class Handle:
         if stream is not None:
             stream.abort()
 
-    def raise_if_cancelled(self) -> None:
-        """Raise JobCancelled if the job was cancelled."""
-        if self.cancel_reason is not None:
-            raise JobCancelled(self.cancel_reason)
-
 
 class ActiveJobs:
     """Thread-safe map of job id → Handle, plus cancels that arrived early."""
@@ -91,6 +86,3 @@ class ActiveJobs:
         """The jobs running now."""
         with self._lock:
             return list(self._handles.values())
-
-    def __len__(self) -> int:
-        return len(self._handles)

@@ -154,12 +154,6 @@ class SlotWorker(BaseWorker):
         with self._changed:
             self._changed.notify_all()
 
-    def stop(self) -> None:
-        """Ask the work loop to stop (from another thread)."""
-        self._stop.set()
-        with self._changed:
-            self._changed.notify_all()
-
     def request_stop_execution(self, execution_id: str) -> None:
         """RQ's stop-execution command: cancel that job (e.g. `rq` tooling or the dashboard)."""
         execution = self.executions.get(execution_id)
