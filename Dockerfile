@@ -15,6 +15,7 @@ COPY pyproject.toml setup.cfg README* ./
 COPY common ./common
 COPY web ./web
 COPY worker ./worker
+COPY ops ./ops
 RUN pip install --no-cache-dir . \
     && rm -rf /src
 
@@ -25,5 +26,5 @@ WORKDIR /home/runner
 EXPOSE 8000
 # gunicorn and the worker drain on SIGTERM: SHUTDOWN_GRACE_S, then about 5 s more.
 STOPSIGNAL SIGTERM
-# The Procfile's web line on port 8000, as worker.supervise.web_command(8000) builds it.
+# The Procfile's web line on port 8000, as ops.supervise.web_command(8000) builds it.
 CMD ["gunicorn", "web:create_app()", "--config", "python:web.gunicorn_conf", "--bind", "0.0.0.0:8000", "--worker-class", "gevent", "--worker-connections", "2000"]

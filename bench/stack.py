@@ -15,7 +15,7 @@ from redis import Redis
 from bench.procs import Child, StartError, spawn, stop_all, wait_until
 from common.fleet import READY, read_fleet
 from common.settings import Settings
-from worker.supervise import free_port, web_command, worker_command
+from ops.supervise import free_port, web_command, worker_command
 
 REPO = Path(__file__).resolve().parent.parent
 FAKE_NVML = REPO / "tests" / "fake_nvml"

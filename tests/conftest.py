@@ -11,9 +11,9 @@ from collections.abc import Iterator
 import pytest
 from redis import Redis
 
+from ops.supervise import redis_server_binary
 from tests.fake_ollama import FakeOllama
 from tests.stack import RUNNING, Stack, free_port
-from worker.supervise import redis_server_binary
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -19,7 +19,7 @@ import requests
 from redis import Redis
 
 from common.fleet import READY, read_fleet
-from worker.supervise import web_command, worker_command
+from ops.supervise import web_command, worker_command
 
 REPO = Path(__file__).resolve().parent.parent
 FAKE_NVML = REPO / "tests" / "fake_nvml"

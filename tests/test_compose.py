@@ -15,8 +15,8 @@ import yaml
 
 from common.models import parse_models
 from common.settings import Settings
-from worker.compose import add_parser, command_line, parse_gpus, render_compose
-from worker.supervise import web_command
+from ops.compose import add_parser, command_line, parse_gpus, render_compose
+from ops.supervise import web_command
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_DIR = ROOT / "compose"

@@ -9,7 +9,7 @@ from worker.http1 import ResponseParser
 CHUNKED = (
     b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nDate: Mon, 01 Jan 2025 00:00:00 GMT\r\n"
     b"Transfer-Encoding: chunked\r\n\r\n"
-    b"6\r\n{\"a\":1\r\n2\r\n}\n\r\n1b;ext=1\r\n{\"message\":{\"content\":\"x\"}}\r\n0\r\n\r\n"
+    b'6\r\n{"a":1\r\n2\r\n}\n\r\n1b;ext=1\r\n{"message":{"content":"x"}}\r\n0\r\n\r\n'
 )
 BODY = b'{"a":1}\n{"message":{"content":"x"}}'
 

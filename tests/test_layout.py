@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from worker.supervise import web_command, worker_command
+from ops.supervise import web_command, worker_command
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -30,6 +30,8 @@ def test_imports_go_one_way() -> None:
     assert "worker" not in imported_packages("web")
     assert not {"web", "worker"} & imported_packages("common")
     assert "web" not in imported_packages("worker")
+    for package in ("common", "web", "worker"):
+        assert "ops" not in imported_packages(package), package
 
 
 def test_building_the_app_loads_no_worker_code() -> None:

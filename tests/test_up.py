@@ -11,10 +11,10 @@ from pathlib import Path
 import psutil
 import pytest
 
+from ops.supervise import redis_server_binary
 from tests.client import call
 from tests.fake_ollama import FakeOllama
 from tests.stack import FAKE_NVML, REPO, free_port, wait_until
-from worker.supervise import redis_server_binary
 
 pytestmark = pytest.mark.e2e
 

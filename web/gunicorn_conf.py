@@ -6,16 +6,15 @@ the app drains: open streams get SHUTDOWN_GRACE_S to finish, then end with an er
 
 from __future__ import annotations
 
-import logging
 import os
 import shutil
 import signal
-import sys
 import tempfile
 from types import FrameType
 from typing import Any
 
 from common.errors import ConfigError
+from common.logs import configure_logging
 from common.settings import Settings
 
 try:
@@ -27,7 +26,6 @@ except ConfigError:
 # ACCESS_LOG is set; each /llm call gets its own line from the runner when its job ends.
 accesslog = "-" if os.environ.get("ACCESS_LOG") else None
 _OWN_METRICS_DIR = [""]
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(process)d]: %(message)s"
 
 worker_class = "gevent"
 worker_connections = 2000
@@ -42,7 +40,7 @@ control_socket_disable = True
 def on_starting(server: Any) -> None:
     """Configure the runner's logging, and give prometheus_client's multiprocess mode a fresh
     directory shared by the workers (both are inherited by the forked workers)."""
-    logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO").upper(), format=LOG_FORMAT, stream=sys.stderr)
+    configure_logging(os.environ.get("LOG_LEVEL", "INFO"))
     directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if directory:
         os.makedirs(directory, exist_ok=True)

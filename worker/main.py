@@ -13,6 +13,7 @@ from types import FrameType
 from common import fleet, keys
 from common.errors import ConfigError
 from common.fleet import READY, STOPPING, WorkerRecord
+from common.logs import configure_logging
 from common.redis_client import make_redis
 from common.settings import Settings
 from common.version import __version__
@@ -27,13 +28,6 @@ from worker.publisher import Publisher
 from worker.slots import DEQUEUE_TIMEOUT_S, SlotWorker
 
 logger = logging.getLogger("worker")
-
-
-def configure_logging(level: str) -> None:
-    """Plain timestamped lines on stderr, for the entry points only."""
-    logging.basicConfig(
-        level=level, format="%(asctime)s %(levelname)s %(name)s [%(process)d]: %(message)s", stream=sys.stderr
-    )
 
 
 def main() -> int:

@@ -8,11 +8,11 @@ import os
 import sys
 
 from common.errors import ConfigError
+from common.logs import configure_logging
 from common.settings import Settings
-from worker import compose, ops
+from ops import commands, compose
+from ops.supervise import Proc, Supervisor, embedded_redis, gpu_worker_envs, web_command, worker_command
 from worker.gpu import list_gpus
-from worker.main import configure_logging
-from worker.supervise import Proc, Supervisor, embedded_redis, gpu_worker_envs, web_command, worker_command
 
 logger = logging.getLogger("llm-runner")
 
@@ -57,14 +57,14 @@ def cmd_workers(args: argparse.Namespace) -> int:
 
 def cmd_doctor(args: argparse.Namespace) -> int:
     """Check the whole runner and print what to fix."""
-    return ops.doctor(Settings.from_env(os.environ))
+    return commands.doctor(Settings.from_env(os.environ))
 
 
 def cmd_models_pull(args: argparse.Namespace) -> int:
     """Pull the configured models on every Ollama of the fleet."""
     settings = Settings.from_env(os.environ)
     urls = [u.strip() for u in args.ollama_urls.split(",")] if args.ollama_urls else None
-    return ops.pull_models(settings, ops.ollama_urls(settings, urls))
+    return commands.pull_models(settings, commands.ollama_urls(settings, urls))
 
 
 def _price(value: str) -> tuple[str, float]:
@@ -80,11 +80,11 @@ def _price(value: str) -> tuple[str, float]:
 def cmd_aimodels(args: argparse.Namespace) -> int:
     """Print aiModels.json entries for go-livepeer."""
     settings = Settings.from_env(os.environ)
-    entries = ops.aimodels(
+    entries = commands.aimodels(
         settings, args.url, token=args.token if args.token is not None else settings.auth_token,
         usd_per_million=dict(args.price), default_usd=args.usd_per_million_tokens, warm=not args.cold,
     )  # fmt: skip
-    ops.print_aimodels(entries)
+    commands.print_aimodels(entries)
     return 0
 
 
