@@ -36,6 +36,7 @@ from rq.worker import BaseWorker, WorkerStatus
 from common import keys
 from common.errors import JobCancelled, RunnerError
 from common.jobs import RESULT_TTL_S
+from worker import jobguard
 from worker.active import ActiveJobs
 from worker.jobs import SHUTDOWN
 
@@ -216,6 +217,7 @@ class SlotWorker(BaseWorker):
         if not job_ids:
             return
         jobs = [job for job in Job.fetch_many(job_ids, self.connection, self.serializer) if job is not None]
+        jobs = jobguard.admit(jobs, self.connection)
         if not jobs:
             return
         # The jobs run (their Ollama calls are out already) while RQ's start bookkeeping runs here:

@@ -1,0 +1,59 @@
+"""Only the runner's job runs here: any other function found on a runner queue is failed, never called.
+
+Whoever can write to Redis can put a job on a runner queue, and RQ would import and call whatever
+function that job names (and its success/failure/stopped callbacks). A worker checks each job it
+takes before anything of it runs, and records a foreign one as failed, as RQ records any failure
+(FailedJobRegistry, a failure Result with the reason), so rq-dashboard and `rq` show why.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from redis import Redis
+from rq.exceptions import DeserializationError
+from rq.job import Job
+from rq.job_lifecycle import record_job_failure
+
+from common.jobs import FAILURE_TTL_S
+from common.keys import GENERATE_JOB
+
+logger = logging.getLogger(__name__)
+
+
+def refusal(job: Job) -> str | None:
+    """Why this job must not run here, or None if it is the runner's generation job."""
+    try:
+        func_name, instance, args, kwargs = job.func_name, job.instance, job.args, job.kwargs
+    except DeserializationError:
+        return "its data is not the runner's JSON job format"
+    if func_name != GENERATE_JOB or instance is not None:
+        shown = func_name if isinstance(func_name, str) else type(func_name).__name__
+        return f"it names {shown[:200]!r}; this worker runs only {GENERATE_JOB}"
+    callbacks = [
+        name for name in (job._success_callback_name, job._failure_callback_name, job._stopped_callback_name) if name
+    ]
+    if callbacks:
+        return f"it names callbacks ({', '.join(c[:200] for c in callbacks)}); runner jobs have none"
+    if len(args) != 1 or not isinstance(args[0], dict) or kwargs:
+        return f"{GENERATE_JOB} takes one payload dict"
+    return None
+
+
+def admit(jobs: list[Job], connection: Redis) -> list[Job]:
+    """The jobs that may run; each other one is logged and recorded as failed without running."""
+    admitted = []
+    for job in jobs:
+        why = refusal(job)
+        if why is None:
+            admitted.append(job)
+            continue
+        logger.error("job %s on %s refused, not run: %s", job.id, job.origin, why)
+        job.failure_ttl = FAILURE_TTL_S  # the job's own value is whatever its author wrote
+        try:
+            with connection.pipeline() as pipe:
+                record_job_failure(job, f"refused by the runner's worker, not run: {why}", pipe)
+                pipe.execute()
+        except Exception as exc:  # the job is off its queue and not run either way
+            logger.warning("job %s: could not record its refusal: %s", job.id, exc)
+    return admitted
