@@ -23,6 +23,7 @@ class Settings:
     port: int = 8000
     ollama_url: str = "http://localhost:11434"
     auth_token: str | None = None
+    metrics_token: str | None = None
     models: tuple[ModelSpec, ...] = field(default_factory=lambda: parse_models(DEFAULT_MODELS))
     # Back-pressure: jobs waiting per model (None: twice the fleet's slots for it, at least 4).
     max_queue: int | None = None
@@ -76,6 +77,7 @@ class Settings:
             port=env.integer("PORT", cls.port, low=1, high=65535),
             ollama_url=env.url("OLLAMA_URL", cls.ollama_url, schemes=("http",)).rstrip("/"),
             auth_token=env.text("AUTH_TOKEN") or None,
+            metrics_token=env.text("METRICS_TOKEN") or None,
             models=parse_models(env.text("MODELS") or DEFAULT_MODELS),
             max_queue=env.optional_integer("MAX_QUEUE", low=0),
             queue_timeout_s=env.number("QUEUE_TIMEOUT_S", cls.queue_timeout_s, low=0.1),

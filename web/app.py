@@ -11,6 +11,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from common.errors import RunnerError
 from common.redis_client import make_redis
 from common.settings import Settings
+from web import auth
 from web.routes import bp
 from web.runtime import EXTENSION, Runtime
 
@@ -29,6 +30,7 @@ def build_app(settings: Settings | None = None) -> Flask:
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions[EXTENSION] = Runtime(settings, make_redis(settings.redis_url, max_connections=REDIS_CONNECTIONS))
     app.register_blueprint(bp)
+    auth.install(app, settings)
     _register_error_handlers(app)
     return app
 

@@ -1,0 +1,66 @@
+"""Bearer tokens: with AUTH_TOKEN set every route but /health needs it; /metrics also takes METRICS_TOKEN.
+
+/health stays open for container health checks and go-livepeer's start-up poll; everything else
+(/fleet and /metrics list Ollama URLs, hosts, pids and GPU UUIDs) answers 401 without the token.
+Prometheus sends a bearer token too (`authorization` in its scrape config), so it can be given a
+METRICS_TOKEN that opens /metrics and nothing else.
+"""
+
+from __future__ import annotations
+
+import hmac
+
+from flask import Flask, request
+
+from common.errors import Unauthorized
+from common.settings import Settings
+from web import metrics
+
+# Endpoints anyone may call, token or not.
+OPEN_ENDPOINTS = frozenset({"runner.health"})
+METRICS_ENDPOINT = "runner.prometheus_metrics"
+LLM_ENDPOINT = "runner.llm"
+
+
+def bearer_token(header: str | None) -> str | None:
+    """The token of an `Authorization: Bearer <token>` header, or None."""
+    scheme, _, token = (header or "").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+def _matches(token: str | None, expected: str | None) -> bool:
+    return token is not None and expected is not None and hmac.compare_digest(token.encode(), expected.encode())
+
+
+def accepted_tokens(settings: Settings, endpoint: str | None) -> list[str] | None:
+    """The tokens that open this endpoint; None when it is open to anyone."""
+    if endpoint in OPEN_ENDPOINTS:
+        return None
+    tokens = [settings.auth_token] if settings.auth_token else []
+    if endpoint == METRICS_ENDPOINT and settings.metrics_token:
+        tokens.append(settings.metrics_token)
+    return tokens or None
+
+
+def check(settings: Settings, endpoint: str | None, header: str | None) -> None:
+    """Raise Unauthorized unless the request's bearer token opens this endpoint."""
+    tokens = accepted_tokens(settings, endpoint)
+    if tokens is None:
+        return
+    token = bearer_token(header)
+    # Compare with every accepted token, so the time taken does not tell which one was close.
+    if not [expected for expected in tokens if _matches(token, expected)]:
+        raise Unauthorized("missing or invalid bearer token")
+
+
+def install(app: Flask, settings: Settings) -> None:
+    """Check the bearer token before every request of `app`."""
+
+    @app.before_request
+    def require_token() -> None:
+        try:
+            check(settings, request.endpoint, request.headers.get("Authorization"))
+        except Unauthorized:
+            if request.endpoint == LLM_ENDPOINT:
+                metrics.observe_refusal("", "unauthorized")
+            raise
