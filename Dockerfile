@@ -26,5 +26,5 @@ WORKDIR /home/runner
 EXPOSE 8000
 # gunicorn and the worker drain on SIGTERM: SHUTDOWN_GRACE_S, then about 5 s more.
 STOPSIGNAL SIGTERM
-# The Procfile's web line on port 8000, as ops.supervise.web_command(8000) builds it.
-CMD ["gunicorn", "web:create_app()", "--config", "python:web.gunicorn_conf", "--bind", "0.0.0.0:8000", "--worker-class", "gevent", "--worker-connections", "2000"]
+# The Procfile's web line: gunicorn on PORT (8000), its settings in web/gunicorn_conf.py.
+CMD ["llm-runner", "web"]

@@ -88,9 +88,7 @@ class Stack:
 
     def _start_web(self) -> Child:
         self.web_port = free_port()
-        argv = web_command(self.web_port)
-        venv_bin = Path(sys.executable).parent / argv[0]
-        argv[0] = str(venv_bin) if venv_bin.exists() else (shutil.which(argv[0]) or argv[0])
+        argv = web_command()
         self.web_url = f"http://127.0.0.1:{self.web_port}"
         return self._spawn("web", argv, {**self.env, "PORT": str(self.web_port)})
 

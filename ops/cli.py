@@ -10,7 +10,7 @@ import sys
 from common.errors import ConfigError
 from common.logs import configure_logging
 from common.settings import Settings
-from ops import commands, compose
+from ops import commands, compose, serve
 from ops.supervise import Proc, Supervisor, embedded_redis, gpu_worker_envs, web_command, worker_command
 from worker.gpu import list_gpus
 
@@ -40,7 +40,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     if not env.get("REDIS_URL"):
         procs.append(embedded_redis(env, args.redis_port))
     settings = Settings.from_env(env)
-    procs.append(Proc("web", web_command(settings.port), env))
+    procs.append(Proc("web", web_command(), env))  # binds PORT, read by web/gunicorn_conf.py
     procs += _worker_procs(env, args)
     logger.info(
         "runner on http://0.0.0.0:%d, Redis %s, Ollama %s", settings.port, env["REDIS_URL"], settings.ollama_url
@@ -106,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "up":
             p.add_argument("--redis-port", type=int, help="port of the embedded Redis (default 6379, or a free one)")
     compose.add_parser(sub)
+    serve.add_parsers(sub)
     doctor = sub.add_parser("doctor", help="check Redis, workers, Ollamas, GPUs and models; print what to fix")
     doctor.set_defaults(func=cmd_doctor)
     models = sub.add_parser("models", help="manage the models on the fleet's Ollamas")

@@ -21,16 +21,16 @@ RESTART_BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0)
 STOP_TIMEOUT_S = 30.0
 
 
-def web_command(port: int) -> list[str]:
-    """The web process, as the Procfile's `web:` line runs it."""
-    return [
-        "gunicorn", "web:create_app()", "--config", "python:web.gunicorn_conf", "--bind", f"0.0.0.0:{port}",
-        "--worker-class", "gevent", "--worker-connections", "2000",
-    ]  # fmt: skip
+def web_command() -> list[str]:
+    """The web process, which `llm-runner web` (the Procfile's, the image's and compose's) execs.
+
+    Every gunicorn setting, the bound port (PORT) included, lives in web/gunicorn_conf.py.
+    """
+    return [sys.executable, "-m", "gunicorn", "web:create_app()", "--config", "python:web.gunicorn_conf"]
 
 
 def worker_command() -> list[str]:
-    """One GPU worker, as the Procfile's `worker:` line runs it."""
+    """One GPU worker, as the Procfile's, the image's and compose's `python -m worker` runs it."""
     return [sys.executable, "-m", "worker"]
 
 

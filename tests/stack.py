@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -19,7 +18,7 @@ import requests
 from redis import Redis
 
 from common.fleet import READY, read_fleet
-from ops.supervise import web_command, worker_command
+from ops.supervise import worker_command
 
 REPO = Path(__file__).resolve().parent.parent
 FAKE_NVML = REPO / "tests" / "fake_nvml"
@@ -113,10 +112,9 @@ class Stack:
         return proc
 
     def start_web(self, **env: Any) -> Process:
-        """gunicorn with the Procfile's arguments on a free port; waits until /health answers."""
+        """The Procfile's `llm-runner web` on a free port; waits until /health answers."""
         port = free_port()
-        argv = web_command(port)
-        argv[0] = shutil.which("gunicorn") or argv[0]
+        argv = [sys.executable, "-m", "ops", "web"]
         proc = self.spawn("web", argv, self.env(PORT=port, **env))
         self.web_url = f"http://127.0.0.1:{port}"
         self._wait(proc, lambda: requests.get(f"{self.web_url}/health", timeout=1).json(), "web /health")

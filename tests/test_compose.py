@@ -16,7 +16,7 @@ import yaml
 from common.models import parse_models
 from common.settings import Settings
 from ops.compose import add_parser, command_line, parse_gpus, render_compose
-from ops.supervise import web_command
+from ops.secrets_file import GENERATED as GENERATED_SECRETS
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_DIR = ROOT / "compose"
@@ -31,10 +31,14 @@ FILES = [name for name, _, _ in GENERATED]
 
 # Upstream images a service may use instead of building ours; each must carry an explicit tag.
 ALLOWED_UPSTREAM = {"redis", "ollama/ollama", "livepeer/go-livepeer"}
-# Ollama's own knobs (PROTOCOL.md §2) that the ollama-gpuN services set.
+# Ollama's own knobs (ollama/ollama envconfig/config.go) that the ollama-gpuN services set.
 OLLAMA_KNOBS = {"OLLAMA_NUM_PARALLEL", "OLLAMA_KEEP_ALIVE", "OLLAMA_CONTEXT_LENGTH", "OLLAMA_MAX_LOADED_MODELS"}
 # Variables our containers get that common/settings.py does not read, and who reads them.
-NON_SETTINGS = {"ACCESS_LOG": ROOT / "web" / "gunicorn_conf.py"}
+NON_SETTINGS = {
+    "ACCESS_LOG": ROOT / "web" / "gunicorn_conf.py",
+    "RQ_DASHBOARD_USERNAME": ROOT / "ops" / "serve.py",
+    "RQ_DASHBOARD_PASSWORD": ROOT / "ops" / "serve.py",
+}
 # go-livepeer flags the generator may use: each checked in go-livepeer's cmd/livepeer/starter/flags.go.
 GOLIVEPEER_FLAGS = {
     "orchestrator", "aiWorker", "aiModels", "aiRunnerImageOverrides", "serviceAddr", "httpAddr", "network",
@@ -309,7 +313,10 @@ def test_internal_services_are_not_published(name: str) -> None:
         if service_name == "redis" or service_name.startswith("ollama-"):
             assert "ports" not in service, f"{service_name} must stay inside the llm-runner network"
     (dashboard_port,) = services(name)["dashboard"]["ports"]
-    assert resolved(dashboard_port).startswith("127.0.0.1:")
+    assert dashboard_port.startswith("127.0.0.1:"), "the dashboard is published on the host's loopback only"
+    for service_name, service in services(name).items():
+        for port in service.get("ports", []):
+            assert resolved(port).rpartition(":")[2] != "6379", f"{service_name} publishes Redis"
     (web_port,) = services(name)["web"]["ports"]
     assert web_port.endswith(":8000")
 
@@ -325,16 +332,71 @@ def procfile() -> dict[str, list[str]]:
 @pytest.mark.parametrize("name", FILES)
 def test_commands_are_the_procfiles(name: str) -> None:
     web = services(name)["web"]
-    assert web["command"] == web_command(8000)
-    assert [resolved(word) for word in procfile()["web"]] == web_command(8000)
+    assert web["command"] == procfile()["web"] == ["llm-runner", "web"]
     assert "http://127.0.0.1:8000/health" in web["healthcheck"]["test"][-1]
     for service_name, service in ours(name).items():
         if service_name.startswith("worker-"):
             assert service["command"] == procfile()["worker"]
     dashboard = services(name)["dashboard"]["command"]
-    flags = [word for word in procfile()["dashboard"] if word.startswith("--")]
-    assert dashboard[0] == "rq-dashboard" and [w for w in dashboard if w.startswith("--")] == flags
-    assert resolved(dashboard[dashboard.index("--redis-url") + 1]) == "redis://redis:6379/0"
+    assert dashboard == [*procfile()["dashboard"], "--bind", "0.0.0.0", "--port", "9181"]
+
+
+# --- secrets -------------------------------------------------------------------------------------------
+
+PASSWORD_REQUIRED = re.compile(r"\$\{REDIS_PASSWORD:\?[^}]+\}")
+
+
+def redis_urls(value: Any) -> list[str]:
+    """Every string mentioning a redis:// or rediss:// URL inside a service definition."""
+    if isinstance(value, dict):
+        return [url for item in value.values() for url in redis_urls(item)]
+    if isinstance(value, list):
+        return [url for item in value for url in redis_urls(item)]
+    return [value] if isinstance(value, str) and ("redis://" in value or "rediss://" in value) else []
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_redis_requires_a_password_and_every_url_carries_it(name: str) -> None:
+    redis = services(name)["redis"]
+    command = redis["command"]
+    assert PASSWORD_REQUIRED.fullmatch(command[command.index("--requirepass") + 1])
+    assert PASSWORD_REQUIRED.fullmatch(redis["environment"]["REDISCLI_AUTH"]), "the healthcheck must authenticate"
+    assert "redis-cli ping" in redis["healthcheck"]["test"][-1]
+    urls = [url for service in services(name).values() for url in redis_urls(service)]
+    assert len(urls) == 2 + len([n for n in services(name) if n.startswith("worker-")])
+    for url in urls:
+        assert re.fullmatch(r"redis://:\$\{REDIS_PASSWORD:\?[^}]+\}@redis:6379/0", url), url
+    for service in ours(name).values():
+        assert "REDIS_URL" not in " ".join(service["command"]), "a password on a command line shows in ps"
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_the_dashboard_requires_a_login(name: str) -> None:
+    dashboard = services(name)["dashboard"]
+    env = dashboard["environment"]
+    assert compose_default(env["RQ_DASHBOARD_USERNAME"])
+    assert re.fullmatch(r"\$\{RQ_DASHBOARD_PASSWORD:\?[^}]+\}", env["RQ_DASHBOARD_PASSWORD"])
+    assert "status == 401" in dashboard["healthcheck"]["test"][-1], "healthy only while it asks for a login"
+    assert "--username" not in dashboard["command"] and "--password" not in dashboard["command"]
+
+
+def test_compose_output_writes_missing_passwords_into_env(tmp_path: Path) -> None:
+    parser = argparse.ArgumentParser(prog="llm-runner")
+    add_parser(parser.add_subparsers(dest="command", required=True))
+    env_file = tmp_path / ".env"
+    env_file.write_text("MODELS=x\nREDIS_PASSWORD=\nAUTH_TOKEN=keep\n", encoding="utf-8")
+    args = parser.parse_args(["compose", "--output", str(tmp_path / "docker-compose.yml")])
+    assert args.func(args) == 0
+    values = dict(line.split("=", 1) for line in env_file.read_text(encoding="utf-8").splitlines())
+    assert values["MODELS"] == "x" and values["AUTH_TOKEN"] == "keep"
+    for secret in GENERATED_SECRETS:
+        assert re.fullmatch(r"[A-Za-z0-9_-]{32}", values[secret]), secret
+    assert values["REDIS_PASSWORD"] != values["RQ_DASHBOARD_PASSWORD"]
+    assert env_file.stat().st_mode & 0o777 == 0o600
+    before = env_file.read_text(encoding="utf-8")
+    assert args.func(args) == 0
+    assert env_file.read_text(encoding="utf-8") == before, "set passwords are kept"
+    assert set(GENERATED_SECRETS) == {v for v, op, _ in interpolations("docker-compose.yml") if op == ":?"}
 
 
 @pytest.mark.parametrize("name", FILES)
@@ -422,7 +484,7 @@ def test_dockerfile_installs_the_package_and_runs_unprivileged() -> None:
     env = " ".join(args for ins, args in steps if ins == "ENV")
     assert "PYTHONUNBUFFERED=1" in env and "NVIDIA_DRIVER_CAPABILITIES=utility" in env
     (cmd,) = [args for ins, args in steps if ins == "CMD"]
-    assert json.loads(cmd) == web_command(8000)
+    assert json.loads(cmd) == procfile()["web"]
 
 
 def test_dockerfile_copies_what_the_build_needs_and_dockerignore_keeps_it() -> None:

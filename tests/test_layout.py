@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import ast
 import configparser
+import os
 import re
 import shlex
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from ops.cli import build_parser
+from ops.serve import cmd_dashboard, cmd_web
 from ops.supervise import web_command, worker_command
 
 REPO = Path(__file__).resolve().parent.parent
@@ -45,20 +50,52 @@ def test_building_the_app_loads_no_worker_code() -> None:
 def procfile() -> dict[str, list[str]]:
     lines = (REPO / "Procfile").read_text().splitlines()
     entries = dict(line.split(": ", 1) for line in lines if line.strip())
-    return {name: shlex.split(command.replace("${PORT:-8000}", "8000")) for name, command in entries.items()}
+    return {name: shlex.split(command) for name, command in entries.items()}
 
 
-def test_procfile_runs_what_the_launcher_runs() -> None:
+def test_procfile_runs_the_cli_which_runs_the_one_definition() -> None:
     entries = procfile()
-    assert entries["web"] == web_command(8000)
-    assert entries["worker"] == ["python", "-m", "worker"] and worker_command()[1:] == ["-m", "worker"]
-    assert entries["dashboard"][0] == "rq-dashboard"
+    assert entries == {
+        "web": ["llm-runner", "web"],
+        "worker": ["python", "-m", "worker"],
+        "dashboard": ["llm-runner", "dashboard"],
+    }
+    assert worker_command()[1:] == ["-m", "worker"]
+    parser = configparser.ConfigParser()
+    parser.read(REPO / "setup.cfg")
+    assert "llm-runner = ops.cli:main" in parser["options.entry_points"]["console_scripts"]
+    assert build_parser().parse_args(["web"]).func is cmd_web
+    assert build_parser().parse_args(["dashboard"]).func is cmd_dashboard
 
 
-def test_web_command_holds_many_streams() -> None:
-    command = web_command(8000)
-    assert command[command.index("--worker-class") + 1] == "gevent"
-    assert int(command[command.index("--worker-connections") + 1]) >= 1000
+def test_cmd_web_execs_web_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    execs: list[tuple[str, list[str]]] = []
+    monkeypatch.setattr("os.execv", lambda path, argv: execs.append((path, argv)))
+    cmd_web(build_parser().parse_args(["web"]))
+    assert execs == [(sys.executable, web_command())]
+
+
+def test_gunicorn_settings_live_in_the_config_module_only() -> None:
+    command = web_command()
+    assert command[command.index("--config") + 1] == "python:web.gunicorn_conf"
+    assert not [word for word in command[command.index("gunicorn") + 1 :] if word.startswith("-")][1:]
+    code = "import web.gunicorn_conf as c; print(c.bind, c.worker_class, c.worker_connections)"
+    env = {**os.environ, "PORT": "8123"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True, check=True)
+    bind, worker_class, connections = out.stdout.split()
+    assert bind == "['0.0.0.0:8123']" and worker_class == "gevent" and int(connections) >= 1000
+    # The one command line is ops.supervise.web_command; nothing else spells it out.
+    for path in (
+        "Dockerfile",
+        "Procfile",
+        "compose/docker-compose.yml",
+        "ops/compose.py",
+        "ops/cli.py",
+        "bench/stack.py",
+    ):
+        text = (REPO / path).read_text()
+        assert not {"web:create_app", "--worker-class", "--worker-connections", "--bind 0"} & set(text.split()), path
+        assert "create_app()" not in text, path
 
 
 # Import name → the requirement in setup.cfg that provides it (None: optional, imported guarded).

@@ -1,4 +1,4 @@
-"""gunicorn settings and hooks for the web front end: `gunicorn -c python:web.gunicorn_conf ...`.
+"""Every gunicorn setting and hook of the web front end; `llm-runner web` starts gunicorn with it.
 
 Streams are long-lived and mostly idle, so the gevent worker holds them as greenlets; on SIGTERM
 the app drains: open streams get SHUTDOWN_GRACE_S to finish, then end with an error chunk.
@@ -13,14 +13,30 @@ import tempfile
 from types import FrameType
 from typing import Any
 
+from gunicorn import glogging
+
 from common.errors import ConfigError
-from common.logs import configure_logging
+from common.logs import LOG_FORMAT, configure_logging
 from common.settings import Settings
 
 try:
-    _grace = Settings.from_env(os.environ).shutdown_grace_s
+    _settings = Settings.from_env(os.environ)
 except ConfigError:
-    _grace = Settings.shutdown_grace_s  # the app itself reports the bad variable at start
+    _settings = Settings()  # the app itself reports the bad variable at start
+_grace = _settings.shutdown_grace_s
+
+
+class RunnerLogger(glogging.Logger):  # type: ignore[misc]
+    """gunicorn's own lines (and its access lines) in the runner's one log format."""
+
+    error_fmt = LOG_FORMAT
+    access_fmt = LOG_FORMAT
+    datefmt = None  # logging's default, as configure_logging leaves it
+
+
+bind = [f"0.0.0.0:{_settings.port}"]
+logger_class = RunnerLogger
+loglevel = _settings.log_level.lower()
 
 # gunicorn's access log costs CPU on every request even when filtered out, so it is off unless
 # ACCESS_LOG is set; each /llm call gets its own line from the runner when its job ends.

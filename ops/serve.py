@@ -1,0 +1,75 @@
+"""`llm-runner web` and `llm-runner dashboard`: the commands the Procfile, the image and compose run.
+
+`web` execs gunicorn as ops.supervise.web_command builds it (all its settings in
+web/gunicorn_conf.py). `dashboard` runs rq-dashboard behind its HTTP Basic login, and refuses to
+start without one: the dashboard shows every queued prompt and can cancel or delete jobs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any
+
+from common.errors import ConfigError
+from common.settings import Settings
+from ops.supervise import web_command
+
+DASHBOARD_PORT = 9181
+# rq-dashboard reads every option from RQ_DASHBOARD_<OPTION> (its cli.main runs click with
+# auto_envvar_prefix="RQ_DASHBOARD"); its Basic login is on when USERNAME is set.
+DASHBOARD_USERNAME = "RQ_DASHBOARD_USERNAME"
+DASHBOARD_PASSWORD = "RQ_DASHBOARD_PASSWORD"
+DASHBOARD_REDIS_URL = "RQ_DASHBOARD_REDIS_URL"
+
+
+def cmd_web(args: argparse.Namespace) -> int:
+    """Replace this process with gunicorn serving the runner's web front end."""
+    argv = web_command()
+    os.execv(argv[0], argv)
+    return 1  # not reached: execv only returns by raising
+
+
+def dashboard_argv(bind: str, port: int) -> list[str]:
+    """rq-dashboard's arguments: jobs are JSON-serialised, so it must decode them as JSON."""
+    return ["--json", "--bind", bind, "--port", str(port)]
+
+
+def dashboard_env(environ: dict[str, str]) -> dict[str, str]:
+    """rq-dashboard's environment: REDIS_URL passed as its own variable, never on the command line
+    (where `ps` shows it); ConfigError naming what to set when the login is missing."""
+    missing = [name for name in (DASHBOARD_USERNAME, DASHBOARD_PASSWORD) if not environ.get(name, "").strip()]
+    if missing:
+        raise ConfigError(
+            f"refusing to start rq-dashboard without a login: set {' and '.join(missing)} "
+            "(the dashboard shows every queued prompt and can cancel and delete jobs)"
+        )
+    env = dict(environ)
+    env.setdefault(DASHBOARD_REDIS_URL, Settings.from_env(environ).redis_url)
+    return env
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    """Run rq-dashboard on --bind:--port with its login; exits 2 without one."""
+    os.environ.update(dashboard_env(dict(os.environ)))
+    from rq_dashboard.cli import run  # its click command; `main` would read sys.argv
+
+    run.main(args=dashboard_argv(args.bind, args.port), prog_name="rq-dashboard", auto_envvar_prefix="RQ_DASHBOARD")
+    return 0
+
+
+def add_parsers(subparsers: Any) -> None:
+    """Register `web` and `dashboard` on an argparse subparsers object."""
+    text = "run the web front end (gunicorn; port PORT, default 8000)"
+    web = subparsers.add_parser("web", help=text, description=text)
+    web.set_defaults(func=cmd_web)
+    text = "run rq-dashboard; needs RQ_DASHBOARD_USERNAME and RQ_DASHBOARD_PASSWORD"
+    dash = subparsers.add_parser("dashboard", help=text, description=text)
+    dash.add_argument("--bind", default="127.0.0.1", help="address to listen on (default 127.0.0.1: reach it by SSH)")
+    dash.add_argument(
+        "--port",
+        type=int,
+        default=int(os.environ.get("DASHBOARD_PORT") or DASHBOARD_PORT),
+        help=f"port (default DASHBOARD_PORT or {DASHBOARD_PORT})",
+    )
+    dash.set_defaults(func=cmd_dashboard)
