@@ -36,3 +36,8 @@ def fleet_worker(name: str) -> str:
 def metrics_counters() -> str:
     """Hash of fleet-wide counters the workers keep (worker deaths seen, ...)."""
     return f"{PREFIX}:metrics"
+
+
+def prompt_retention() -> str:
+    """Sorted set of started jobs (scored by start time) whose prompts are blanked once retention ends."""
+    return f"{PREFIX}:prompts"

@@ -48,6 +48,9 @@ class Settings:
     max_prompt_chars: int = 200_000
     max_tokens_limit: int = 8192
     shutdown_grace_s: float = 10.0
+    # Prompts in Redis: kept this long after a job ends, or (drop_prompts_at_start) not past its start.
+    prompt_retention_s: float = 60.0
+    drop_prompts_at_start: bool = False
     log_level: str = "INFO"
 
     @property
@@ -97,6 +100,8 @@ class Settings:
             max_prompt_chars=env.integer("MAX_PROMPT_CHARS", cls.max_prompt_chars, low=1),
             max_tokens_limit=env.integer("MAX_TOKENS", cls.max_tokens_limit, low=1),
             shutdown_grace_s=env.number("SHUTDOWN_GRACE_S", cls.shutdown_grace_s, low=0.0),
+            prompt_retention_s=env.number("PROMPT_RETENTION_S", cls.prompt_retention_s, low=0.0),
+            drop_prompts_at_start=env.boolean("DROP_PROMPTS_AT_START", cls.drop_prompts_at_start),
             log_level=env.choice("LOG_LEVEL", cls.log_level, ("DEBUG", "INFO", "WARNING", "ERROR")),
         )
 

@@ -227,6 +227,8 @@ def _setting_defaults() -> dict[str, object]:
         "OLLAMA_FIRST_BYTE_TIMEOUT_S": s.first_byte_timeout_s,
         "OLLAMA_IDLE_TIMEOUT_S": s.idle_timeout_s,
         "SHUTDOWN_GRACE_S": s.shutdown_grace_s,
+        "PROMPT_RETENTION_S": s.prompt_retention_s,
+        "DROP_PROMPTS_AT_START": s.drop_prompts_at_start,
         "LOG_LEVEL": s.log_level,
     }
 
@@ -354,7 +356,7 @@ def _worker(gpu: int, image: str) -> dict[str, Any]:
         _env(
             "MODELS", "OLLAMA_NUM_PARALLEL", "NUM_CTX", "KEEP_ALIVE", "PULL_MODELS", "VRAM_MB", "VRAM_RESERVE_MB",
             "OLLAMA_CONNECT_TIMEOUT_S", "OLLAMA_FIRST_BYTE_TIMEOUT_S", "OLLAMA_IDLE_TIMEOUT_S", "SHUTDOWN_GRACE_S",
-            "LOG_LEVEL",
+            "PROMPT_RETENTION_S", "DROP_PROMPTS_AT_START", "LOG_LEVEL",
         )
     )  # fmt: skip
     # NVML (nvidia-ml-py) needs libnvidia-ml.so, which the toolkit mounts for the `utility` capability.

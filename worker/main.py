@@ -25,6 +25,7 @@ from worker.ollama_admin import OllamaAdmin
 from worker.ollama_stream import StreamLoop
 from worker.provision import assess_models, vram_budget, wait_for_ollama, warm_default
 from worker.publisher import Publisher
+from worker.retention import PromptRetention
 from worker.slots import DEQUEUE_TIMEOUT_S, SlotWorker
 
 logger = logging.getLogger("worker")
@@ -108,6 +109,7 @@ def run(settings: Settings) -> None:
             active=active,
             grace_s=settings.shutdown_grace_s,
             on_taken=lambda job: jobs.begin(job.id, job.args[0]),
+            prompts=PromptRetention(redis, settings.prompt_retention_s, settings.drop_prompts_at_start),
         )
         heartbeat.worker = worker
         heartbeat.refresh_routing()

@@ -39,6 +39,7 @@ from common.jobs import RESULT_TTL_S
 from worker import jobguard
 from worker.active import ActiveJobs
 from worker.jobs import SHUTDOWN
+from worker.retention import PromptRetention
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +95,7 @@ class SlotWorker(BaseWorker):
         active: ActiveJobs,
         grace_s: float,
         on_taken: Callable[[Job], None] | None = None,
+        prompts: PromptRetention | None = None,
     ) -> None:
         super().__init__(
             queues,
@@ -110,6 +112,7 @@ class SlotWorker(BaseWorker):
         self.grace_s = grace_s
         # Called with each job the moment it is taken, before any bookkeeping: lets it start its I/O.
         self.on_taken = on_taken
+        self.prompts = prompts
         self._queues_by_name = {q.name: q for q in self.queues}
         self._pool = ThreadPoolExecutor(max_workers=slots, thread_name_prefix="slot")
         self._stop = threading.Event()
@@ -141,6 +144,8 @@ class SlotWorker(BaseWorker):
                 execution.heartbeat(job.started_job_registry, EXECUTION_TTL_S, pipeline=pipe)
                 job.heartbeat(now(), EXECUTION_TTL_S, pipeline=pipe)
             pipe.execute()
+        if self.prompts is not None:
+            self.prompts.sweep(self.connection)
 
     def request_stop(self, signum: int, frame: FrameType | None) -> None:
         """First signal: stop taking jobs and drain; a second one cancels running jobs at once."""
@@ -257,6 +262,8 @@ class SlotWorker(BaseWorker):
             for job in jobs:
                 job.prepare_for_execution(self.name, pipeline=pipe)
                 pipe.persist(job.key)
+            if self.prompts is not None:
+                self.prompts.on_start(jobs, pipe)
             self.set_state(WorkerStatus.BUSY, pipeline=pipe)
             self.heartbeat(WORKER_TTL_S + 60, pipeline=pipe)
             pipe.execute()
