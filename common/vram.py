@@ -1,7 +1,7 @@
 """How much GPU memory a model needs: weights + KV cache for its context and slots + compute.
 
 Ground truth is Ollama's /api/ps after a load; this estimate decides before loading whether a
-model can fit at all (PROTOCOL.md §3).
+model can fit at all.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ from common.errors import ConfigError
 from common.logs import configure_logging
 from common.settings import Settings
 from ops import commands, compose, serve
+from ops.compose import parse_gpus
 from ops.supervise import Proc, Supervisor, embedded_redis, gpu_worker_envs, web_command, worker_command
 from worker.gpu import list_gpus
 
@@ -18,13 +19,11 @@ logger = logging.getLogger("llm-runner")
 
 
 def _gpus(value: str) -> list[int]:
-    """`all` (every GPU NVML sees; one worker even without a GPU) or a list like `0,2`."""
-    if value == "all":
+    """`all` (every GPU NVML sees; one worker even without a GPU), else as `llm-runner compose --gpus`:
+    a count N (GPUs 0..N-1) or host GPU indices such as `0,2` (one index: `2,`)."""
+    if value.strip() == "all":
         return list_gpus() or [0]
-    try:
-        return [int(part) for part in value.split(",") if part.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected 'all' or GPU indices like 0,1; got {value!r}") from None
+    return parse_gpus(value)
 
 
 def _worker_procs(env: dict[str, str], args: argparse.Namespace) -> list[Proc]:
@@ -97,7 +96,12 @@ def build_parser() -> argparse.ArgumentParser:
         ("workers", cmd_workers, "run one worker per GPU of this host against the fleet's Redis"),
     ):
         p = sub.add_parser(name, help=text, description=text)
-        p.add_argument("--gpus", type=_gpus, default="all", help="'all' (default) or indices such as 0,1")
+        p.add_argument(
+            "--gpus",
+            type=_gpus,
+            default="all",
+            help="'all' (default), a count N (GPUs 0..N-1), or host GPU indices such as 0,1 (one index: 2,)",
+        )
         p.add_argument(
             "--ollama-urls",
             help="Ollama URL per GPU, comma-separated in --gpus order (default: OLLAMA_URL for every GPU)",

@@ -1,4 +1,5 @@
-"""A reader for the runner's SSE stream that behaves exactly like go-livepeer's (PROTOCOL.md §1).
+"""A reader for the runner's SSE stream that behaves exactly like go-livepeer's (ai/worker/worker.go,
+Worker.handleStreamingResponse).
 
 It strips exactly `data: `, skips undecodable lines, indexes `choices[0]` of every decoded chunk
 without a bounds check (an IndexError/KeyError here is a crash in go-livepeer), and stops at the

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from ops.cli import build_parser
 from tests.fake_ollama import KNOWN_MODELS, FakeOllama
 from tests.stack import Stack
 from tests.test_fleet import GPUS
@@ -85,3 +86,13 @@ def test_compose_writes_a_file_per_gpu_count(stack: Stack) -> None:
     result = cli(stack, "compose", "--gpus", "3")
     assert result.returncode == 0
     assert all(f"worker-gpu{i}:" in result.stdout and f"ollama-gpu{i}:" in result.stdout for i in range(3))
+
+
+def test_gpus_means_the_same_in_every_command() -> None:
+    parser = build_parser()
+    for value, expected in (("2", [0, 1]), ("1", [0]), ("0,2", [0, 2]), ("3,", [3])):
+        for command in ("workers", "up", "compose"):
+            assert parser.parse_args([command, "--gpus", value]).gpus == expected, (command, value)
+    for command in ("workers", "up", "compose"):
+        with pytest.raises(SystemExit):
+            parser.parse_args([command, "--gpus", "0"])  # no GPU at all is not a GPU list

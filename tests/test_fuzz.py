@@ -124,7 +124,8 @@ CHECKS = [
 @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
 def test_llm_conforms_to_the_published_contract(case: schemathesis.Case, url: str) -> None:
     if isinstance(case.body, dict) and case.body.get("stream") is True:
-        # The contract documents only JSON for 200; streams are SSE (PROTOCOL.md §1).
+        # The contract documents only JSON for 200; streams are SSE (go-livepeer reads them in
+        # ai/worker/worker.go, Worker.handleStreamingResponse).
         response = case.call(base_url=url, headers=CLOSE)
         assert_well_formed(response)
     else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Iterator
 
@@ -50,7 +51,7 @@ def on_loop(streams: StreamLoop, func: object) -> None:
     async def call() -> None:
         func()  # type: ignore[operator]
 
-    streams.run(call())
+    asyncio.run_coroutine_threadsafe(call(), streams.loop).result()
 
 
 def test_events_of_one_round_go_out_as_one_message_per_channel(

@@ -27,7 +27,7 @@ def test_up_runs_the_whole_stack_and_stops_it(tmp_path: Path, fake_ollama: FakeO
     env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "MODELS", "AUTH_TOKEN")}
     env.update(PORT=str(port), OLLAMA_URL=fake_ollama.url, VRAM_MB="8192", PYTHONUNBUFFERED="1",
                PYTHONPATH=os.pathsep.join([str(FAKE_NVML), str(REPO)]))  # fmt: skip
-    argv = [shutil.which("llm-runner") or "llm-runner", "up", "--gpus", "0", "--redis-port", str(free_port())]
+    argv = [shutil.which("llm-runner") or "llm-runner", "up", "--gpus", "1", "--redis-port", str(free_port())]
     log = tmp_path / "up.log"
     with open(log, "wb") as out:
         up = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path)

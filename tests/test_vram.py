@@ -1,4 +1,4 @@
-"""The VRAM estimate against PROTOCOL.md §3's table (real sizes and architectures)."""
+"""The VRAM estimate against real model sizes and architectures, as Ollama loads them."""
 
 from __future__ import annotations
 

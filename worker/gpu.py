@@ -35,11 +35,6 @@ class GpuMonitor:
         except Exception as exc:  # NVMLError subclasses, ImportError, OSError for a missing driver
             self.error = f"NVML unavailable: {exc}"
 
-    @property
-    def available(self) -> bool:
-        """Whether NVML answered for this GPU."""
-        return self._handle is not None
-
     def read(self) -> GpuInfo | None:
         """Current figures, or None if NVML is unavailable or fails now."""
         if self._handle is None:
