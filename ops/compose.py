@@ -35,7 +35,8 @@ AI_MODELS_PATH = "/etc/livepeer/aiModels.json"
 # Redis requires a password; compose refuses to start without one (`llm-runner compose -o FILE`
 # writes one into .env beside FILE). Generated passwords are URL-safe, so they fit in the URL.
 REDIS_PASSWORD = "${REDIS_PASSWORD:?set REDIS_PASSWORD in .env (llm-runner compose --output writes one)}"
-REDIS_URL = f"redis://:{REDIS_PASSWORD}@redis:6379/0"
+# REDIS_HOST: another host's Redis, for a host that runs only Ollamas and workers.
+REDIS_URL = f"redis://:{REDIS_PASSWORD}@${{REDIS_HOST:-redis}}:6379/0"
 DASHBOARD_USERNAME = "${RQ_DASHBOARD_USERNAME:-operator}"
 DASHBOARD_PASSWORD = (
     "${RQ_DASHBOARD_PASSWORD:?set RQ_DASHBOARD_PASSWORD in .env (llm-runner compose --output writes one)}"

@@ -365,7 +365,7 @@ def test_redis_requires_a_password_and_every_url_carries_it(name: str) -> None:
     urls = [url for service in services(name).values() for url in redis_urls(service)]
     assert len(urls) == 2 + len([n for n in services(name) if n.startswith("worker-")])
     for url in urls:
-        assert re.fullmatch(r"redis://:\$\{REDIS_PASSWORD:\?[^}]+\}@redis:6379/0", url), url
+        assert re.fullmatch(r"redis://:\$\{REDIS_PASSWORD:\?[^}]+\}@\$\{REDIS_HOST:-redis\}:6379/0", url), url
     for service in ours(name).values():
         assert "REDIS_URL" not in " ".join(service["command"]), "a password on a command line shows in ps"
 
