@@ -12,6 +12,7 @@ from common.logs import configure_logging
 from common.settings import Settings
 from ops import commands, compose, serve
 from ops.compose import parse_gpus
+from ops.secrets_file import shown_url
 from ops.supervise import Proc, Supervisor, embedded_redis, gpu_worker_envs, web_command, worker_command
 from worker.gpu import list_gpus
 
@@ -42,7 +43,10 @@ def cmd_up(args: argparse.Namespace) -> int:
     procs.append(Proc("web", web_command(), env))  # binds PORT, read by web/gunicorn_conf.py
     procs += _worker_procs(env, args)
     logger.info(
-        "runner on http://0.0.0.0:%d, Redis %s, Ollama %s", settings.port, env["REDIS_URL"], settings.ollama_url
+        "runner on http://0.0.0.0:%d, Redis %s, Ollama %s",
+        settings.port,
+        shown_url(env["REDIS_URL"]),
+        settings.ollama_url,
     )
     return Supervisor(procs).run()
 

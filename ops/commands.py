@@ -16,6 +16,7 @@ from common.fleet import READY, WorkerRecord, capacity, read_fleet, why_unserved
 from common.redis_client import make_redis
 from common.settings import Settings
 from common.vram import GIB
+from ops.secrets_file import shown_url
 from worker.gpu import GpuMonitor, list_gpus
 from worker.ollama_admin import OllamaAdmin, normalize_tag
 
@@ -58,10 +59,10 @@ def doctor(settings: Settings, out: TextIO = sys.stdout) -> int:
     redis = make_redis(settings.redis_url, max_connections=4)
     try:
         version = redis.info("server").get("redis_version", "?")
-        report.ok(f"Redis at {settings.redis_url} answers (version {version})")
+        report.ok(f"Redis at {shown_url(settings.redis_url)} answers (version {version})")
         records = read_fleet(redis)
     except (RedisError, OSError) as exc:
-        report.fail(f"cannot reach Redis at {settings.redis_url}: {exc}", "start Redis or fix REDIS_URL")
+        report.fail(f"cannot reach Redis at {shown_url(settings.redis_url)}: {exc}", "start Redis or fix REDIS_URL")
         records = None
     _check_local(settings, report)
     if records is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
+from urllib.parse import urlsplit, urlunsplit
 
 # Variables the compose files require (`${NAME:?...}`) that nobody has to choose by hand.
 GENERATED = ("REDIS_PASSWORD", "RQ_DASHBOARD_PASSWORD")
@@ -14,6 +15,16 @@ _ASSIGNMENT = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*?)\s*$")
 def new_password() -> str:
     """A random password that is safe inside a URL (letters, digits, '-' and '_')."""
     return secrets.token_urlsafe(24)
+
+
+def shown_url(url: str) -> str:
+    """A URL fit for logs and terminals: its password, if any, replaced by ***."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
 def ensure(path: str) -> tuple[str, list[str]]:

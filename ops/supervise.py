@@ -15,6 +15,8 @@ import time
 from dataclasses import dataclass, field
 from types import FrameType
 
+from ops.secrets_file import new_password
+
 logger = logging.getLogger(__name__)
 
 RESTART_BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0)
@@ -151,10 +153,17 @@ def embedded_redis(env: dict[str, str], port: int | None = None) -> Proc:
         )
     if port is None:
         port = 6379 if port_is_free(6379) else free_port()
-    workdir = tempfile.mkdtemp(prefix="llm-runner-redis-")
-    env["REDIS_URL"] = f"redis://127.0.0.1:{port}/0"
-    logger.info("REDIS_URL not set: starting an embedded Redis on port %d", port)
-    argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", workdir]
+    workdir = tempfile.mkdtemp(prefix="llm-runner-redis-")  # mode 0700
+    # A fresh password each start, so other users of this host cannot use it either. It goes in a
+    # config file (owner-only) rather than on the command line, which `ps` and the log show.
+    password = new_password()
+    config = os.path.join(workdir, "redis.conf")
+    with os.fdopen(os.open(config, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as out:
+        out.write(f"requirepass {password}\n")
+    env["REDIS_URL"] = f"redis://:{password}@127.0.0.1:{port}/0"
+    logger.info("REDIS_URL not set: starting an embedded Redis on port %d, with a password", port)
+    argv = [binary, config, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            "--dir", workdir]  # fmt: skip
     return Proc("redis", argv, dict(os.environ))
 
 

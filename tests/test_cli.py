@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from ops.cli import build_parser
+from ops.secrets_file import shown_url
 from tests.fake_ollama import KNOWN_MODELS, FakeOllama
 from tests.stack import Stack
 from tests.test_fleet import GPUS
@@ -96,3 +97,9 @@ def test_gpus_means_the_same_in_every_command() -> None:
     for command in ("workers", "up", "compose"):
         with pytest.raises(SystemExit):
             parser.parse_args([command, "--gpus", "0"])  # no GPU at all is not a GPU list
+
+
+def test_urls_are_shown_without_their_password() -> None:
+    assert shown_url("redis://:s3cret@10.0.0.5:6379/0") == "redis://:***@10.0.0.5:6379/0"
+    assert shown_url("rediss://default:s3cret@redis.example:6380/1") == "rediss://default:***@redis.example:6380/1"
+    assert shown_url("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"

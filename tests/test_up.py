@@ -10,6 +10,8 @@ from pathlib import Path
 
 import psutil
 import pytest
+import redis.exceptions
+from redis import Redis
 
 from ops.supervise import redis_server_binary
 from tests.client import call
@@ -27,7 +29,8 @@ def test_up_runs_the_whole_stack_and_stops_it(tmp_path: Path, fake_ollama: FakeO
     env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "MODELS", "AUTH_TOKEN")}
     env.update(PORT=str(port), OLLAMA_URL=fake_ollama.url, VRAM_MB="8192", PYTHONUNBUFFERED="1",
                PYTHONPATH=os.pathsep.join([str(FAKE_NVML), str(REPO)]))  # fmt: skip
-    argv = [shutil.which("llm-runner") or "llm-runner", "up", "--gpus", "1", "--redis-port", str(free_port())]
+    redis_port = free_port()
+    argv = [shutil.which("llm-runner") or "llm-runner", "up", "--gpus", "1", "--redis-port", str(redis_port)]
     log = tmp_path / "up.log"
     with open(log, "wb") as out:
         up = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path)
@@ -39,6 +42,12 @@ def test_up_runs_the_whole_stack_and_stops_it(tmp_path: Path, fake_ollama: FakeO
         answer = call("POST", f"{url}/llm", json={"messages": [{"role": "user", "content": "up and running"}]})
         assert answer.status_code == 200
         assert answer.json()["choices"][0]["message"]["content"] == "up and running up "
+        # The embedded Redis demands a password, which neither its command line nor the log shows.
+        with pytest.raises(redis.exceptions.AuthenticationError):
+            Redis(port=redis_port).ping()
+        (server,) = [c for c in children if "redis-server" in c.name()]
+        assert "requirepass" not in " ".join(server.cmdline())
+        assert f"redis://:***@127.0.0.1:{redis_port}/0" in log.read_text()
     except BaseException:
         print(log.read_text())
         raise
