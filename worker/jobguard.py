@@ -1,14 +1,17 @@
 """Only the runner's job runs here: any other function found on a runner queue is failed, never called.
 
 Whoever can write to Redis can put a job on a runner queue, and RQ would import and call whatever
-function that job names (and its success/failure/stopped callbacks). A worker checks each job it
-takes before anything of it runs, and records a foreign one as failed, as RQ records any failure
-(FailedJobRegistry, a failure Result with the reason), so rq-dashboard and `rq` show why.
+function that job names (and its success/failure/stopped callbacks, which RQ's registry cleanup
+also calls for jobs it finds abandoned). A worker checks each job it takes before anything of it
+runs, and records a foreign one as failed, as RQ records any failure (FailedJobRegistry, a
+failure Result with the reason), so rq-dashboard and `rq` show why. Its jobs are RunnerJobs,
+which cannot call anything else on any RQ code path.
 """
 
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from redis import Redis
 from rq.exceptions import DeserializationError
@@ -38,6 +41,37 @@ def refusal(job: Job) -> str | None:
     if len(args) != 1 or not isinstance(args[0], dict) or kwargs:
         return f"{GENERATE_JOB} takes one payload dict"
     return None
+
+
+class RefusedJob(Exception):
+    """A job that names something other than the runner's job function."""
+
+
+class RunnerJob(Job):
+    """RQ's Job, except that it calls only the runner's job function and never any callback."""
+
+    @property
+    def func(self) -> Any:
+        """The runner's job function; RefusedJob for anything else (nothing else is imported)."""
+        why = refusal(self)
+        if why is not None:
+            raise RefusedJob(why)
+        return super().func
+
+    @property
+    def success_callback(self) -> None:
+        """Runner jobs have no callbacks (RQ would import and call the named function)."""
+        return None
+
+    @property
+    def failure_callback(self) -> None:
+        """Runner jobs have no callbacks (RQ's cleanup calls it for abandoned jobs)."""
+        return None
+
+    @property
+    def stopped_callback(self) -> None:
+        """Runner jobs have no callbacks."""
+        return None
 
 
 def admit(jobs: list[Job], connection: Redis) -> list[Job]:

@@ -106,6 +106,7 @@ class SlotWorker(BaseWorker):
             maintenance_interval=MAINTENANCE_INTERVAL_S,
             disable_default_exception_handler=True,
             exception_handlers=[_log_failure],
+            job_class=jobguard.RunnerJob,
         )
         self.slots = slots
         self.active = active
@@ -221,7 +222,8 @@ class SlotWorker(BaseWorker):
         job_ids = self._pop([q.key for q in queues], free)
         if not job_ids:
             return
-        jobs = [job for job in Job.fetch_many(job_ids, self.connection, self.serializer) if job is not None]
+        fetched = self.job_class.fetch_many(job_ids, self.connection, self.serializer)
+        jobs = [job for job in fetched if job is not None]
         jobs = jobguard.admit(jobs, self.connection)
         if not jobs:
             return
