@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 from collections.abc import Iterator
@@ -61,9 +62,14 @@ def stream_for(streams: StreamLoop, url: str, spec: GenerateJob | None = None, *
     return stream, collector
 
 
+def run_on(streams: StreamLoop, stream: ChatStream) -> None:
+    """Run the stream on the loop's thread, as the worker does, and wait for it to end."""
+    asyncio.run_coroutine_threadsafe(stream.run(on_sent=lambda: None), streams.loop).result()
+
+
 def run(streams: StreamLoop, url: str, spec: GenerateJob | None = None, **timeouts: float) -> Collector:
     stream, collector = stream_for(streams, url, spec, **timeouts)
-    streams.run(stream.run(on_sent=lambda: None))
+    run_on(streams, stream)
     return collector
 
 
@@ -128,7 +134,7 @@ def test_stream_that_ends_without_done_is_an_error(streams: StreamLoop, fake_oll
     fake_ollama.set_behavior(TAG, truncate_after=2)
     stream, got = stream_for(streams, fake_ollama.url)
     with pytest.raises(BackendError, match="without its final") as caught:
-        streams.run(stream.run(on_sent=lambda: None))
+        run_on(streams, stream)
     assert len(got.texts) == 2 and got.final is None and caught.value.reason == "truncated"
 
 
@@ -168,7 +174,7 @@ def in_thread(streams: StreamLoop, stream: ChatStream) -> tuple[threading.Thread
 
     def target() -> None:
         try:
-            streams.run(stream.run(on_sent=lambda: None))
+            run_on(streams, stream)
         except BaseException as exc:
             errors.append(exc)
 
@@ -205,7 +211,7 @@ def test_abort_before_connecting_sends_nothing(streams: StreamLoop, fake_ollama:
     stream, _ = stream_for(streams, fake_ollama.url)
     stream.abort()
     with pytest.raises(JobCancelled):
-        streams.run(stream.run(on_sent=lambda: None))
+        run_on(streams, stream)
     assert fake_ollama.chat_records() == []
 
 
