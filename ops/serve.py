@@ -35,6 +35,15 @@ def dashboard_argv(bind: str, port: int) -> list[str]:
     return ["--json", "--bind", bind, "--port", str(port)]
 
 
+def dashboard_port(raw: str) -> int:
+    """DASHBOARD_PORT's value, or the default when it is empty; ConfigError when it is not a port."""
+    if not raw.strip():
+        return DASHBOARD_PORT
+    if not raw.strip().isdigit() or not 1 <= int(raw) <= 65535:
+        raise ConfigError(f"DASHBOARD_PORT: expected a port number, got {raw!r}")
+    return int(raw)
+
+
 def dashboard_env(environ: dict[str, str]) -> dict[str, str]:
     """rq-dashboard's environment: REDIS_URL passed as its own variable, never on the command line
     (where `ps` shows it); ConfigError naming what to set when the login is missing."""
@@ -51,10 +60,11 @@ def dashboard_env(environ: dict[str, str]) -> dict[str, str]:
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
     """Run rq-dashboard on --bind:--port with its login; exits 2 without one."""
+    port = args.port if args.port is not None else dashboard_port(os.environ.get("DASHBOARD_PORT", ""))
     os.environ.update(dashboard_env(dict(os.environ)))
     from rq_dashboard.cli import run  # its click command; `main` would read sys.argv
 
-    run.main(args=dashboard_argv(args.bind, args.port), prog_name="rq-dashboard", auto_envvar_prefix="RQ_DASHBOARD")
+    run.main(args=dashboard_argv(args.bind, port), prog_name="rq-dashboard", auto_envvar_prefix="RQ_DASHBOARD")
     return 0
 
 
@@ -66,10 +76,5 @@ def add_parsers(subparsers: Any) -> None:
     text = "run rq-dashboard; needs RQ_DASHBOARD_USERNAME and RQ_DASHBOARD_PASSWORD"
     dash = subparsers.add_parser("dashboard", help=text, description=text)
     dash.add_argument("--bind", default="127.0.0.1", help="address to listen on (default 127.0.0.1: reach it by SSH)")
-    dash.add_argument(
-        "--port",
-        type=int,
-        default=int(os.environ.get("DASHBOARD_PORT") or DASHBOARD_PORT),
-        help=f"port (default DASHBOARD_PORT or {DASHBOARD_PORT})",
-    )
+    dash.add_argument("--port", type=int, help=f"port (default DASHBOARD_PORT, else {DASHBOARD_PORT})")
     dash.set_defaults(func=cmd_dashboard)
