@@ -183,7 +183,10 @@ def test_redis_outage_answers_500_fast_and_everything_recovers(
 def test_a_full_queue_is_refused_at_once(stack: Stack, fake_ollama: FakeOllama, redis: Redis) -> None:
     fake_ollama.set_behavior("*", tokens_per_s=20, reply_tokens=1000)
     start(stack, fake_ollama, web_env={"MAX_QUEUE": 2})
-    requests = [RawRequest(f"{stack.web_url}/llm", body(f"r{i}", stream=True)) for i in range(3)]
+    # One job running (taken by the worker), then two waiting: the queue is full.
+    requests = [RawRequest(f"{stack.web_url}/llm", body("r0", stream=True))]
+    wait_until(lambda: record_for(fake_ollama, "r0"), 10, "the first job running")
+    requests += [RawRequest(f"{stack.web_url}/llm", body(f"r{i}", stream=True)) for i in (1, 2)]
     wait_until(lambda: redis.llen(QUEUE_KEY) == 2, 5, "two jobs queued")
     asked = time.monotonic()
     response = call("POST", f"{stack.web_url}/llm", json=body("one too many"))
