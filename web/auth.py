@@ -1,7 +1,9 @@
 """Bearer tokens: with AUTH_TOKEN set every route but /health needs it; /metrics also takes METRICS_TOKEN.
 
-/health stays open for container health checks and go-livepeer's start-up poll; everything else
-(/fleet and /metrics list Ollama URLs, hosts, pids and GPU UUIDs) answers 401 without the token.
+/health stays open for container health checks; everything else (/fleet and /metrics list Ollama
+URLs, hosts, pids and GPU UUIDs) answers 401 without the token. go-livepeer sends the token on
+every call, /version and /hardware/* included (livepeer/go-livepeer ai/worker/container.go,
+NewRunnerContainer: a bearer-token request editor on its whole runner client).
 Prometheus sends a bearer token too (`authorization` in its scrape config), so it can be given a
 METRICS_TOKEN that opens /metrics and nothing else.
 """
