@@ -11,6 +11,7 @@ from typing import Any
 import requests
 
 from common.errors import BackendError
+from common.models import ollama_name_key
 from worker.ollama_wire import error_for_status
 
 ADMIN_TIMEOUT_S = 10.0
@@ -18,8 +19,8 @@ PULL_IDLE_S = 120.0
 
 
 def normalize_tag(tag: str) -> str:
-    """Ollama's canonical form of a tag: `name` means `name:latest`."""
-    return tag if ":" in tag.rsplit("/", 1)[-1] else f"{tag}:latest"
+    """The key under which Ollama knows a tag (case, `library/` and `:latest` as Ollama resolves them)."""
+    return ollama_name_key(tag)
 
 
 @dataclass(frozen=True)
