@@ -82,13 +82,15 @@ def run(settings: Settings) -> None:
     active = ActiveJobs()
     streams = StreamLoop()
     publisher = Publisher(settings.redis_url, streams.loop)
-    context.install(context.WorkerContext(settings, redis, name, label, active, publisher, streams))
+    context.install(
+        context.WorkerContext(settings, redis, name, label, active, publisher, streams, models=record.models)
+    )
     heartbeat = Heartbeat(redis, record, gpu, active, admin, publisher)
     _until_redis(heartbeat, stop)
     try:
         if wait_for_ollama(admin, stop) is None:
             return
-        record.models = assess_models(admin, settings, budget, stop)
+        assess_models(admin, settings, budget, stop, record.models)
         if stop.is_set():
             return
         heartbeat.announce()
