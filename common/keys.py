@@ -36,3 +36,8 @@ def fleet_worker(name: str) -> str:
 def metrics_counters() -> str:
     """Hash of fleet-wide counters the workers keep (worker deaths seen, ...)."""
     return f"{PREFIX}:metrics"
+
+
+def model_claim(model_id: str) -> str:
+    """Held (with a TTL) by the worker switching its GPU to a model, so two GPUs don't both switch."""
+    return f"{PREFIX}:claim:{model_id}"

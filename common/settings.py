@@ -39,6 +39,10 @@ class Settings:
     kv_cache_type: str = "f16"
     flash_attention: bool | None = None
     pull_models: bool = True
+    # The GPU's model schedule: models Ollama keeps loaded at once, and how long a model keeps the
+    # GPU at least (with work) before another model's waiting jobs may take it.
+    max_loaded_models: int = 1
+    model_hold_s: float = 5.0
     # Ollama timeouts, seconds.
     connect_timeout_s: float = 5.0
     first_byte_timeout_s: float = 300.0
@@ -92,6 +96,8 @@ class Settings:
             kv_cache_type=env.choice("OLLAMA_KV_CACHE_TYPE", cls.kv_cache_type.upper(), KV_TYPES).lower(),
             flash_attention=env.optional_boolean("OLLAMA_FLASH_ATTENTION"),
             pull_models=env.boolean("PULL_MODELS", cls.pull_models),
+            max_loaded_models=env.integer("OLLAMA_MAX_LOADED_MODELS", cls.max_loaded_models, low=0),
+            model_hold_s=env.number("MODEL_HOLD_S", cls.model_hold_s, low=0.0),
             connect_timeout_s=env.number("OLLAMA_CONNECT_TIMEOUT_S", cls.connect_timeout_s, low=0.1),
             first_byte_timeout_s=env.number("OLLAMA_FIRST_BYTE_TIMEOUT_S", cls.first_byte_timeout_s, low=0.1),
             idle_timeout_s=env.number("OLLAMA_IDLE_TIMEOUT_S", cls.idle_timeout_s, low=0.1),

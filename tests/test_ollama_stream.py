@@ -104,7 +104,7 @@ def test_a_fast_stream_arrives_in_batches(streams: StreamLoop, fake_ollama: Fake
         (404, "model 'llama3.1:8b' not found", "model_missing", 500),
         (503, "server busy, please try again.  maximum pending requests exceeded", "busy", 500),
         (500, "llama runner process has terminated: exit status 2", "ollama_error", 500),
-        (400, "\"all-minilm:latest\" does not support chat", "ollama_config", 500),
+        (400, '"all-minilm:latest" does not support chat', "ollama_config", 500),
     ],
 )
 def test_error_statuses(

@@ -23,8 +23,9 @@ from worker.gpu import GpuMonitor
 from worker.heartbeat import Heartbeat
 from worker.ollama_admin import OllamaAdmin
 from worker.ollama_stream import StreamLoop
-from worker.provision import assess_models, vram_budget, wait_for_ollama, warm_default
+from worker.provision import all_stay_loaded, assess_models, vram_budget, wait_for_ollama, warm
 from worker.publisher import Publisher
+from worker.schedule import ModelSchedule
 from worker.slots import DEQUEUE_TIMEOUT_S, SlotWorker
 
 logger = logging.getLogger("worker")
@@ -94,7 +95,6 @@ def run(settings: Settings) -> None:
         if stop.is_set():
             return
         heartbeat.announce()
-        warm_default(admin, settings, record.models)
         served = [m.model_id for m in settings.models if record.can_serve(m.model_id)]
         if not served:
             logger.error("this worker can serve none of the configured models; it stays idle (see above why)")
@@ -111,14 +111,25 @@ def run(settings: Settings) -> None:
             grace_s=settings.shutdown_grace_s,
             on_taken=lambda job: jobs.begin(job.id, job.args[0]),
         )
-        heartbeat.worker = worker
-        heartbeat.refresh_routing()
+        if all_stay_loaded(settings, record.models, budget):
+            warm(admin, settings, record.models, served)
+            heartbeat.worker = worker
+            heartbeat.refresh_routing()
+        else:
+            # One model at a time on this GPU: the worker loads and switches models itself.
+            schedule = ModelSchedule(redis, record, admin, settings, stop)
+            logger.info("this GPU holds one model at a time; switching between: %s", ", ".join(served))
+            schedule.load(served[0])
+            heartbeat.schedule = schedule
+            heartbeat.worker = worker
+            schedule.start(worker)
         record.state = READY
         heartbeat.announce()
         if stop.is_set():
             return
         worker.work_until_stopped()
     finally:
+        stop.set()  # ends the model schedule
         record.state = STOPPING
         heartbeat.stop()
         publisher.flush()  # the last jobs' final events

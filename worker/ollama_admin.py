@@ -110,9 +110,10 @@ class OllamaAdmin:
         if last.get("status") != "success":
             raise BackendError(f"pulling {tag!r} ended without success", reason="pull_failed")
 
-    def preload(self, tag: str, *, num_ctx: int, keep_alive: int | str, timeout: float) -> None:
-        """Load a model into memory with the options jobs will use, so the first job is warm."""
-        self._call("POST", "/api/chat", json=load_body(tag, num_ctx=num_ctx, keep_alive=keep_alive), timeout=timeout)
+    def preload(self, tag: str, *, num_ctx: int, keep_alive: int | str, timeout: float | None) -> None:
+        """Load a model into memory with the options jobs will use (timeout None: no read timeout)."""
+        wait = timeout if timeout is not None else (ADMIN_TIMEOUT_S, None)
+        self._call("POST", "/api/chat", json=load_body(tag, num_ctx=num_ctx, keep_alive=keep_alive), timeout=wait)
 
     def unload(self, tag: str) -> None:
         """Ask Ollama to unload a model once its requests end (`keep_alive: 0`, no messages)."""

@@ -166,23 +166,27 @@ def _assess(
         )
 
 
-def warm_default(admin: OllamaAdmin, settings: Settings, fits: dict[str, ModelFit]) -> str | None:
-    """Preload the first configured model this worker serves (with the jobs' num_ctx); its tag or None."""
-    for spec in settings.models:
-        fit = fits[spec.model_id]
-        if fit.fits and fit.installed:
-            logger.info("preloading %s (num_ctx %d, keep_alive %s)", spec.tag, settings.num_ctx, settings.keep_alive)
-            started = time.monotonic()
-            try:
-                admin.preload(
-                    spec.tag,
-                    num_ctx=fit.num_ctx or settings.num_ctx,
-                    keep_alive=settings.keep_alive,
-                    timeout=settings.first_byte_timeout_s,
-                )
-            except BackendError as exc:
-                logger.error("preloading %s failed: %s", spec.tag, exc.msg)
-                return None
-            logger.info("preloaded %s in %.1f s", spec.tag, time.monotonic() - started)
-            return spec.tag
-    return None
+def all_stay_loaded(settings: Settings, fits: dict[str, ModelFit], budget: int | None) -> bool:
+    """Whether every served model can stay loaded at once (else the GPU holds one at a time)."""
+    served = [f for f in fits.values() if f.fits and f.installed]
+    if len(served) <= 1:
+        return True
+    if settings.max_loaded_models and len(served) > settings.max_loaded_models:
+        return False
+    return budget is None or sum(f.need_bytes or 0 for f in served) <= budget
+
+
+def warm(admin: OllamaAdmin, settings: Settings, fits: dict[str, ModelFit], model_ids: list[str]) -> None:
+    """Preload these models (tied to no client, no read timeout), so no job ever starts a load."""
+    for model_id in model_ids:
+        fit = fits[model_id]
+        num_ctx = fit.num_ctx or settings.num_ctx
+        logger.info("preloading %s (num_ctx %d, keep_alive %s)", fit.tag, num_ctx, settings.keep_alive)
+        started = time.monotonic()
+        try:
+            admin.preload(fit.tag, num_ctx=num_ctx, keep_alive=settings.keep_alive, timeout=None)
+        except BackendError as exc:
+            logger.error("preloading %s failed: %s", fit.tag, exc.msg)
+            continue
+        fit.loaded = True
+        logger.info("preloaded %s in %.1f s", fit.tag, time.monotonic() - started)
