@@ -88,13 +88,17 @@ class ModelSchedule:
         finally:
             self.record.loading = ""
         took = time.monotonic() - started
-        previous = self.cost_s.get(model_id)
-        self.cost_s[model_id] = took if previous is None else 0.5 * previous + 0.5 * took
+        self._note_cost(model_id, took)
         fit.loaded = True
         self.current, self.since = model_id, time.monotonic()
         logger.info("loaded %s in %.1f s", model_id, took)
         self._check_offload(model_id)
         return True
+
+    def _note_cost(self, model_id: str, seconds: float) -> None:
+        """Remember what switching to the model costs (a moving average of what it took)."""
+        previous = self.cost_s.get(model_id)
+        self.cost_s[model_id] = seconds if previous is None else 0.5 * previous + 0.5 * seconds
 
     def _run(self) -> None:
         while not self.stop.wait(TICK_S):
@@ -174,9 +178,11 @@ class ModelSchedule:
             self._unload(old)
             self.current = None
         if self.load(model_id):
+            took = time.monotonic() - started
             if old is not None:
                 self.record.switches += 1
-            logger.info("model switch: %s → %s done in %.1f s", old or "nothing", model_id, time.monotonic() - started)
+                self._note_cost(model_id, took)  # the whole switch: drain, unload and load
+            logger.info("model switch: %s → %s done in %.1f s", old or "nothing", model_id, took)
         self._serve_current()
 
     def _unload(self, model_id: str) -> None:
