@@ -74,6 +74,10 @@ def test_both_models_always_waiting_are_both_served_with_bounded_waits_and_switc
         assert max(max(w) for w in waits.values()) < 12.0
         # Bounded switches: each model keeps the GPU at least about a switch's cost.
         assert 2 <= switches <= duration / (LOAD_S + 0.5)
+        # The switches are visible to the operator: /fleet and /metrics.
+        shown = call("GET", f"{stack.web_url}/fleet").json()["workers"][0]["switches"]
+        metrics = call("GET", f"{stack.web_url}/metrics").text
+        assert shown == switches and "llm_worker_model_switches_total{worker=" in metrics
         # Every load was the worker's own preload: jobs never started one.
         assert all(r.outcome == "done" for tag in ("llama3.1:8b", "qwen2.5:7b") for r in loads(fake, tag))
 
