@@ -117,6 +117,8 @@ class ModelSchedule:
         now = time.monotonic()
         served = [m for m in self.served() if self._failed_until.get(m, 0.0) <= now]
         queues = self._queues(served)
+        if not any(q.jobs for m, q in queues.items() if m != self.current):
+            return  # nothing waits for another model: no switch to weigh
         others = [r for r in fleet.read_fleet(self.redis) if r.name != self.record.name]
         # A model another GPU holds, or is loading, is warm there: prefer that GPU for it.
         warm = {m for m in served if any(o.serves(m) and (o.models[m].loaded or o.loading == m) for o in others)}
