@@ -731,7 +731,8 @@ class FakeOllama:
         if s.key_length:
             info[f"{a}.attention.key_length"] = info[f"{a}.attention.value_length"] = s.key_length
         if body.get("verbose") is not True:
-            # server/images.go GetModelInfo → getModelInfo(…, verbose): arrays are null unless verbose.
+            # server/routes.go getModelData decodes with maxArraySize 0 unless verbose, and fs/ggml/gguf.go
+            # newArray then keeps no values: every array, per-layer ones included, is null.
             info = {k: None if isinstance(v, list) else v for k, v in info.items()}
         return {
             "license": "",

@@ -62,7 +62,7 @@ class OllamaAdmin:
 
     def show(self, tag: str) -> dict[str, Any]:
         """The model's description: `model_info` with per-layer arrays (`verbose`), `details`."""
-        # Without verbose Ollama answers every array in model_info as null (server/images.go).
+        # Without verbose every array in model_info is null (server/routes.go getModelData, fs/ggml/gguf.go).
         shown = self._call("POST", "/api/show", json={"model": tag, "verbose": True}).json()
         return shown if isinstance(shown, dict) else {}
 
