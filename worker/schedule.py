@@ -78,8 +78,7 @@ class ModelSchedule:
         started = time.monotonic()
         logger.info("loading %s (%s, num_ctx %d)", model_id, fit.tag, fit.num_ctx or self.settings.num_ctx)
         try:
-            self.admin.preload(fit.tag, num_ctx=fit.num_ctx or self.settings.num_ctx,
-                               keep_alive=self.settings.keep_alive, timeout=None)  # fmt: skip
+            self._preload(fit.tag, fit.num_ctx or self.settings.num_ctx)
         except BackendError as exc:
             logger.error("loading %s failed: %s; retrying in %.0f s at the earliest", model_id, exc.msg,
                          RETRY_FAILED_LOAD_S)  # fmt: skip
@@ -94,6 +93,25 @@ class ModelSchedule:
         logger.info("loaded %s in %.1f s", model_id, took)
         self._check_offload(model_id)
         return True
+
+    def _preload(self, tag: str, num_ctx: int) -> None:
+        """The preload, in a helper thread so that a stop request is not stuck behind a long load."""
+        outcome: list[BaseException | None] = []
+
+        def call() -> None:
+            try:
+                self.admin.preload(tag, num_ctx=num_ctx, keep_alive=self.settings.keep_alive, timeout=None)
+                outcome.append(None)
+            except BaseException as exc:  # handed to the waiting thread
+                outcome.append(exc)
+
+        helper = threading.Thread(target=call, name="model-load", daemon=True)
+        helper.start()
+        while helper.is_alive():
+            if self.stop.wait(0.2):
+                raise BackendError(f"loading {tag!r} abandoned: the worker is stopping", reason="shutdown")
+        if outcome and outcome[0] is not None:
+            raise outcome[0]
 
     def _note_cost(self, model_id: str, seconds: float) -> None:
         """Remember what switching to the model costs (a moving average of what it took)."""
@@ -112,8 +130,8 @@ class ModelSchedule:
     def tick(self) -> None:
         """Look at the queues once and switch models if the policy says so."""
         worker = self.worker
-        if worker is None:
-            return
+        if worker is None or worker.stopping:
+            return  # no switch while the worker drains to stop
         now = time.monotonic()
         served = [m for m in self.served() if self._failed_until.get(m, 0.0) <= now]
         queues = self._queues(served)

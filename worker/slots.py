@@ -122,6 +122,11 @@ class SlotWorker(BaseWorker):
         """Jobs running now."""
         return self._running
 
+    @property
+    def stopping(self) -> bool:
+        """Whether a stop was requested (it takes no more jobs)."""
+        return self._stop.is_set()
+
     def set_queue_order(self, queue_names: list[str], *, slots: int | None = None) -> None:
         """Take jobs from exactly these of its queues, in this order (none: take nothing for now).
 
