@@ -3,6 +3,14 @@
 Stdlib only: a hand-written HTTP/1.1 server on asyncio streams, sharing no HTTP code with the
 client under test.  In-process: ``with FakeOllama(...).start() as fake: ...``.  Subprocess:
 ``python -m tests.fake_ollama --port 0`` prints ``READY <port>`` once listening.
+
+It behaves as Ollama's source does where the runner depends on it, each rule citing the file it
+follows: the scheduler (``fake_ollama_sched``: at most ``max_loaded_models``, eviction only when
+idle, keep-alive refreshed by new requests, pending loads that starve, loads owned by their
+requester, /api/ps waiting on loads), names, single-sequence architectures, thinking and prompt
+truncation (``fake_ollama_models``), clean done-less ends (``truncate_after``), silent digest
+verification in pulls (``verify_s``). What would slow the suite is opt-in (``load_time_s``,
+``verify_s``, ``max_loaded_models``).
 """
 
 from __future__ import annotations
@@ -930,6 +938,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", default="", help="comma-separated tags; unknown tags get llama3.2:3b numbers")
     p.add_argument("--reply-tokens", type=int, default=None, help="tokens per reply (default 8)")
     p.add_argument("--require-local-host", action="store_true")
+    p.add_argument("--max-loaded-models", type=int, default=0, help="Ollama's OLLAMA_MAX_LOADED_MODELS (0: no limit)")
     a = p.parse_args(argv)
     models = None
     if a.models:
@@ -946,6 +955,7 @@ def main(argv: list[str] | None = None) -> int:
         tokens_per_s=a.tokens_per_s,
         load_time_s=a.load_time,
         require_local_host=a.require_local_host,
+        max_loaded_models=a.max_loaded_models,
     )
     if a.reply_tokens is not None:
         fake.set_behavior("*", reply_tokens=a.reply_tokens)
