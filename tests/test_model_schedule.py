@@ -121,3 +121,18 @@ def test_a_long_queue_on_the_loaded_model_does_not_starve_the_other(stack: Stack
             stop.set()
         # Left to Ollama, steady Llama traffic keeps refreshing it and the Qwen request waits for ever.
         assert answer.status_code == 200 and waited < 10.0
+
+
+def test_a_model_ollama_dropped_is_loaded_again_by_the_worker_not_by_a_job(stack: Stack) -> None:
+    with FakeOllama(max_loaded_models=1, load_time_s=0.5).start() as fake:
+        fake.set_behavior("*", reply_tokens=3)
+        start(stack, fake)
+        assert len(loads(fake, "llama3.1:8b")) == 1
+        # Ollama drops the model behind the worker's back (an operator, a keep-alive, a restart).
+        assert call("POST", f"{fake.url}/api/chat", json={"model": "llama3.1:8b", "messages": [],
+                                                          "keep_alive": 0}).status_code == 200  # fmt: skip
+        wait_until(lambda: len(loads(fake, "llama3.1:8b")) == 2 and "llama3.1:8b" in fake.loaded, 15,
+                   "the worker loading Llama again")  # fmt: skip
+        assert ask(stack.web_url, LLAMA).status_code == 200
+        job = [r for r in fake.chat_records() if r.body.get("messages")][-1]
+        assert job.body["messages"] and (job.finished_at or 0) > (loads(fake, "llama3.1:8b")[-1].finished_at or 0)

@@ -37,6 +37,8 @@ UNLOAD_WAIT_S = 60.0
 RETRY_FAILED_LOAD_S = 30.0
 # A claim outlives a normal switch; the worker's announcement of the loaded model takes over.
 CLAIM_TTL_S = 120
+# How often the schedule checks that Ollama still holds the model it serves.
+CHECK_LOADED_S = 5.0
 
 
 class ModelSchedule:
@@ -55,6 +57,7 @@ class ModelSchedule:
         self.since = time.monotonic()
         self.cost_s: dict[str, float] = {}
         self._failed_until: dict[str, float] = {}
+        self._next_check = 0.0
         self._thread = threading.Thread(target=self._run, name="model-schedule", daemon=True)
 
     def served(self) -> list[str]:
@@ -133,6 +136,9 @@ class ModelSchedule:
         if worker is None or worker.stopping:
             return  # no switch while the worker drains to stop
         now = time.monotonic()
+        if self.current is not None and now >= self._next_check:
+            self._next_check = now + CHECK_LOADED_S
+            self._reload_if_gone(worker, self.current)
         served = [m for m in self.served() if self._failed_until.get(m, 0.0) <= now]
         queues = self._queues(served)
         if not any(q.jobs for m, q in queues.items() if m != self.current):
@@ -147,6 +153,24 @@ class ModelSchedule:
                 self._switch(worker, switch.model, switch.reason)
             finally:
                 self.redis.delete(keys.model_claim(switch.model))
+
+    def _reload_if_gone(self, worker: SlotWorker, model_id: str) -> None:
+        """Load the current model again if Ollama dropped it (keep-alive ran out, Ollama restarted).
+
+        Else the next job would make Ollama load it, and that load would belong to the job's client.
+        """
+        try:
+            loaded = self.admin.ps()
+        except BackendError as exc:
+            logger.warning("model schedule: cannot read Ollama's loaded models: %s", exc.msg)
+            return
+        if normalize_tag(self.record.models[model_id].tag) in loaded:
+            return
+        logger.warning("Ollama no longer holds %s (keep-alive ran out or Ollama restarted); loading it again",
+                       model_id)  # fmt: skip
+        self.record.models[model_id].loaded = False
+        self.current = None
+        self._switch(worker, model_id, "Ollama dropped it")
 
     def _claim(self, model_id: str) -> bool:
         """Take the right to switch to a model, so two idle GPUs don't both switch to it at once."""
@@ -185,10 +209,11 @@ class ModelSchedule:
         old = self.current
         started = time.monotonic()
         logger.info("model switch: %s → %s (%s)", old or "nothing", model_id, reason)
+        was_listening = bool(self.record.listening)
         worker.set_queue_order([])
         self.record.listening = []
         # A dequeue already waiting may still hand over one job of the old model: let it land.
-        if old is not None:
+        if was_listening:
             self.stop.wait(DEQUEUE_TIMEOUT_S + 0.5)
         while worker.busy and not self.stop.wait(0.05):
             pass
