@@ -26,7 +26,7 @@ def think_value(family: str) -> bool | str:
 def chat_body(job: GenerateJob, *, num_ctx: int, keep_alive: int | str, think: bool | str = False) -> bytes:
     """The /api/chat request for a job: streaming, no thinking where possible, never cut, bounded."""
     options: dict[str, Any] = {
-        # A generation can use no more than the context (SPLIT: max_tokens is never refused).
+        # A generation can use no more than the context (any max_tokens is accepted; this bounds it).
         "num_predict": min(job.max_tokens, num_ctx),
         "temperature": job.temperature,
         "top_p": job.top_p,
