@@ -111,14 +111,17 @@ def run(settings: Settings) -> None:
             grace_s=settings.shutdown_grace_s,
             on_taken=lambda job: jobs.begin(job.id, job.args[0]),
         )
-        if all_stay_loaded(settings, record.models, budget):
+        # Several models that all stay loaded: listen on every queue. Otherwise (one model, or one
+        # at a time) the schedule owns the GPU's model: it reloads it if Ollama drops it, and switches.
+        if len(served) > 1 and all_stay_loaded(settings, record.models, budget):
             warm(admin, settings, record.models, served)
             heartbeat.worker = worker
             heartbeat.refresh_routing()
         else:
             # One model at a time on this GPU: the worker loads and switches models itself.
             schedule = ModelSchedule(redis, record, admin, settings, stop)
-            logger.info("this GPU holds one model at a time; switching between: %s", ", ".join(served))
+            if len(served) > 1:
+                logger.info("this GPU holds one model at a time; switching between: %s", ", ".join(served))
             schedule.load(served[0])
             heartbeat.schedule = schedule
             heartbeat.worker = worker
