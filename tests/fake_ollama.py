@@ -794,7 +794,9 @@ class FakeOllama:
         num_predict = (body.get("options") or {}).get("num_predict")
         if isinstance(num_predict, (int, float)) and num_predict >= 0:
             limit = num_predict
-        if not shift:  # llama-server stops (STOP_TYPE_LIMIT) once the context is full
+        # Without context shift llama-server stops a full slot with STOP_TYPE_LIMIT (llama.cpp
+        # tools/server/server-context.cpp), which Ollama reports as "length" (llm/llama_server.go Completion).
+        if not shift:
             limit = min(limit, num_ctx - fitted - 1)
         count, reason = thinking + natural, "stop"
         if count > limit:

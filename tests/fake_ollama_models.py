@@ -173,7 +173,8 @@ def fit_prompt(messages: list[Any], num_ctx: int, truncate: bool, shift: bool) -
     truncate (default on): server/prompt.go chatPrompt drops the oldest non-system messages
     until the rest fits, always keeping the last; if that alone is too long,
     llm/llama_server.go completionPromptForRequest cuts it (shift on) or refuses (shift off).
-    truncate off: llama-server gets the whole prompt and refuses it when it fills the context.
+    truncate off: llama-server gets the whole prompt and refuses it when it fills the context
+    (llama.cpp tools/server/server-context.cpp: exceed_context_size_error, with both counts).
     """
 
     def size(msgs: list[Any]) -> int:
