@@ -8,7 +8,7 @@ import threading
 import pytest
 
 from common.fleet import READY, ModelFit, WorkerRecord, capacity
-from common.models import parse_models
+from common.models import ollama_name_key, parse_models
 from common.settings import Settings
 from common.vram import GIB
 from tests.fake_ollama import KNOWN_MODELS, FakeOllama
@@ -94,3 +94,13 @@ def test_a_pull_survives_a_silent_digest_check_and_shows_its_progress_meanwhile(
     size = KNOWN_MODELS["llama3.2:3b"].size
     assert ("verifying sha256 digest", 487, 487) in seen or ("verifying sha256 digest", size, size) in seen
     assert fits["m"].installed and fits["m"].fits and fits["m"].pull == ""
+
+
+def test_name_keys_follow_ollamas_parsing() -> None:
+    same = {ollama_name_key(t) for t in ("Llama3.1:8B", "llama3.1:8b", "library/llama3.1:8b",
+                                          "registry.ollama.ai/library/llama3.1:8b")}  # fmt: skip
+    assert same == {"registry.ollama.ai/library/llama3.1:8b"}
+    assert ollama_name_key("llama3.1") == "registry.ollama.ai/library/llama3.1:latest"
+    assert ollama_name_key("hf.co/Org/Model-GGUF:Q4_K_M") == "hf.co/org/model-gguf:q4_k_m"
+    assert ollama_name_key("localhost:5000/team/m") == "localhost:5000/team/m:latest"
+    assert ollama_name_key("llama3.1:8b") != ollama_name_key("llama3.1:70b")
