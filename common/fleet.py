@@ -44,6 +44,14 @@ class ModelFit:
     fits: bool = False
     loaded: bool = False
     note: str = ""
+    # What Ollama runs it with: its family, parallel sequences (0: the worker's slots) and context.
+    family: str = ""
+    slots: int = 0
+    num_ctx: int = 0
+    # A pull in progress: Ollama's status line and bytes (empty once installed).
+    pull: str = ""
+    pull_completed: int = 0
+    pull_total: int = 0
 
 
 @dataclass
@@ -62,6 +70,9 @@ class WorkerRecord:
     vram_budget: int | None = None
     models: dict[str, ModelFit] = field(default_factory=dict)
     listening: list[str] = field(default_factory=list)
+    # The model schedule of its GPU: the model being loaded now, and model switches since start.
+    loading: str = ""
+    switches: int = 0
     updated: float = 0.0
 
     def can_serve(self, model_id: str) -> bool:
@@ -143,9 +154,15 @@ def worker_deaths(redis: Redis) -> int:
     return int(redis.hget(keys.metrics_counters(), WORKER_DEATHS) or 0)
 
 
+def model_slots(record: WorkerRecord, model_id: str) -> int:
+    """Sequences the worker's Ollama really runs at once for the model (some architectures: 1)."""
+    fit = record.models.get(model_id)
+    return min(record.slots, fit.slots) if fit is not None and fit.slots else record.slots
+
+
 def capacity(records: list[WorkerRecord], model_id: str) -> int:
     """Slots of the ready workers that serve the model: the `capacity` for aiModels.json."""
-    return sum(r.slots for r in records if r.serves(model_id))
+    return sum(model_slots(r, model_id) for r in records if r.serves(model_id))
 
 
 def fleet_status(records: list[WorkerRecord], model_ids: list[str]) -> str:

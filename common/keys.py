@@ -41,3 +41,8 @@ def metrics_counters() -> str:
 def prompt_retention() -> str:
     """Sorted set of started jobs (scored by start time) whose prompts are blanked once retention ends."""
     return f"{PREFIX}:prompts"
+
+
+def model_claim(model_id: str) -> str:
+    """Held (with a TTL) by the worker switching its GPU to a model, so two GPUs don't both switch."""
+    return f"{PREFIX}:claim:{model_id}"

@@ -32,6 +32,34 @@ WELL_KNOWN_TAGS: dict[str, str] = {
 
 DEFAULT_MODELS = "meta-llama/Meta-Llama-3.1-8B-Instruct"
 
+# Ollama's name defaults (ollama/ollama types/model/name.go, DefaultName).
+DEFAULT_HOST, DEFAULT_NAMESPACE, DEFAULT_TAG = "registry.ollama.ai", "library", "latest"
+
+
+def ollama_name(tag: str) -> tuple[str, str, str, str]:
+    """(host, namespace, model, tag) as Ollama parses a name (types/model/name.go, ParseName)."""
+    rest, name_tag = tag.strip(), ""
+    # "/" cannot appear in a tag, so a ":" after the last "/" starts the tag (a host's port does not).
+    if rest.rfind(":") > rest.rfind("/"):
+        rest, _, name_tag = rest.rpartition(":")
+    parts = rest.split("/")
+    model = parts[-1]
+    namespace = parts[-2] if len(parts) >= 2 else ""
+    host = "/".join(parts[:-2]) if len(parts) >= 3 else ""
+    host = host.split("://", 1)[-1]
+    return (host or DEFAULT_HOST, namespace or DEFAULT_NAMESPACE, model, name_tag or DEFAULT_TAG)
+
+
+def ollama_name_key(tag: str) -> str:
+    """The key two names share when Ollama takes them for the same model.
+
+    Ollama compares names part by part, case-insensitively (types/model/name.go, EqualFold;
+    server/routes.go, getExistingName), with `registry.ollama.ai/library/` and `:latest` implied:
+    `Llama3.1:8B`, `library/llama3.1:8b` and `registry.ollama.ai/library/llama3.1:8b` are one model.
+    """
+    host, namespace, model, name_tag = ollama_name(tag)
+    return f"{host}/{namespace}/{model}:{name_tag}".lower()
+
 
 @dataclass(frozen=True)
 class ModelSpec:

@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 from common.errors import ConfigError
 from common.models import DEFAULT_MODELS, ModelSpec, parse_models
 
+KV_TYPES = ("F16", "Q8_0", "Q4_0")
 # Ollama accepts keep_alive as a number of seconds or as a Go duration string.
 _GO_DURATION = re.compile(r"^-?(\d+(\.\d+)?(ns|us|µs|ms|s|m|h))+$")
 
@@ -35,7 +36,14 @@ class Settings:
     vram_reserve_mb: int = 1024
     num_ctx: int = 4096
     keep_alive: int | str = -1
+    # Ollama's own KV cache and flash-attention settings, read for the VRAM estimate.
+    kv_cache_type: str = "f16"
+    flash_attention: bool | None = None
     pull_models: bool = True
+    # The GPU's model schedule: models Ollama keeps loaded at once, and how long a model keeps the
+    # GPU at least (with work) before another model's waiting jobs may take it.
+    max_loaded_models: int = 1
+    model_hold_s: float = 5.0
     # Ollama timeouts, seconds.
     connect_timeout_s: float = 5.0
     first_byte_timeout_s: float = 300.0
@@ -90,7 +98,11 @@ class Settings:
             vram_reserve_mb=env.integer("VRAM_RESERVE_MB", cls.vram_reserve_mb, low=0),
             num_ctx=env.integer("NUM_CTX", cls.num_ctx, low=256),
             keep_alive=env.keep_alive("KEEP_ALIVE", cls.keep_alive),
+            kv_cache_type=env.choice("OLLAMA_KV_CACHE_TYPE", cls.kv_cache_type.upper(), KV_TYPES).lower(),
+            flash_attention=env.optional_boolean("OLLAMA_FLASH_ATTENTION"),
             pull_models=env.boolean("PULL_MODELS", cls.pull_models),
+            max_loaded_models=env.integer("OLLAMA_MAX_LOADED_MODELS", cls.max_loaded_models, low=0),
+            model_hold_s=env.number("MODEL_HOLD_S", cls.model_hold_s, low=0.0),
             connect_timeout_s=env.number("OLLAMA_CONNECT_TIMEOUT_S", cls.connect_timeout_s, low=0.1),
             first_byte_timeout_s=env.number("OLLAMA_FIRST_BYTE_TIMEOUT_S", cls.first_byte_timeout_s, low=0.1),
             idle_timeout_s=env.number("OLLAMA_IDLE_TIMEOUT_S", cls.idle_timeout_s, low=0.1),
@@ -144,9 +156,13 @@ class _Env:
         return value
 
     def boolean(self, name: str, default: bool) -> bool:
+        value = self.optional_boolean(name)
+        return default if value is None else value
+
+    def optional_boolean(self, name: str) -> bool | None:
         raw = self.text(name).lower()
         if not raw:
-            return default
+            return None
         if raw in ("1", "true", "yes", "on"):
             return True
         if raw in ("0", "false", "no", "off"):

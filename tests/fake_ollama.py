@@ -3,6 +3,14 @@
 Stdlib only: a hand-written HTTP/1.1 server on asyncio streams, sharing no HTTP code with the
 client under test.  In-process: ``with FakeOllama(...).start() as fake: ...``.  Subprocess:
 ``python -m tests.fake_ollama --port 0`` prints ``READY <port>`` once listening.
+
+It behaves as Ollama's source does where the runner depends on it, each rule citing the file it
+follows: the scheduler (``fake_ollama_sched``: at most ``max_loaded_models``, eviction only when
+idle, keep-alive refreshed by new requests, pending loads that starve, loads owned by their
+requester, /api/ps waiting on loads), names, single-sequence architectures, thinking and prompt
+truncation (``fake_ollama_models``), clean done-less ends (``truncate_after``), silent digest
+verification in pulls (``verify_s``). What would slow the suite is opt-in (``load_time_s``,
+``verify_s``, ``max_loaded_models``).
 """
 
 from __future__ import annotations
@@ -27,6 +35,17 @@ from email.utils import formatdate
 from http import HTTPStatus
 from typing import Any
 
+from tests.fake_ollama_models import (
+    KNOWN_MODELS,
+    SINGLE_SEQUENCE,
+    ModelSpec,
+    fit_prompt,
+    norm,
+    shortest,
+    thinking_tokens,
+)
+from tests.fake_ollama_sched import LoadAborted, Scheduler
+
 __all__ = ["KNOWN_MODELS", "ChatRecord", "FakeOllama", "ModelSpec", "gojson", "main", "parse_go_duration"]
 
 KNOBS = frozenset(
@@ -44,6 +63,8 @@ KNOBS = frozenset(
         "load_time_s",
         "slots",
         "pull_error",
+        "thinking_tokens",
+        "verify_s",
     }
 )
 FAIL_KNOBS = ("error_after", "truncate_after", "drop_after", "stall_after")
@@ -53,63 +74,6 @@ RUNNER_ERROR = "an error was encountered while running the model"
 PULL_ERROR = "pull model manifest: file does not exist"
 DEFAULT_KEEP_ALIVE_S, DEFAULT_NUM_CTX = 300.0, 4096
 MAX_HEAD, MAX_BODY, HIGH_WATER = 64 * 1024, 32 * 1024 * 1024, 64 * 1024
-
-
-@dataclass
-class ModelSpec:
-    """Static description of one model, with real GGUF architecture numbers."""
-
-    tag: str
-    size: int  # bytes on disk
-    family: str  # == GGUF architecture ("llama", "qwen2", "gemma2")
-    block_count: int
-    head_count: int
-    head_count_kv: int
-    embedding_length: int
-    context_length: int
-    parameter_size: str  # "8.0B"
-    quantization_level: str = "Q4_K_M"
-    installed: bool = True
-    capabilities: tuple[str, ...] = ("completion",)
-
-    @property
-    def arch(self) -> str:
-        """GGUF architecture name (the family, for these models)."""
-        return self.family
-
-    @property
-    def digest(self) -> str:
-        """Deterministic 64-hex manifest digest (bare hex, as /api/tags and /api/ps show it)."""
-        return hashlib.sha256(self.tag.encode()).hexdigest()
-
-    def kv_bytes(self, num_ctx: int) -> int:
-        """f16 KV-cache bytes for num_ctx tokens (what /api/ps adds to the weights)."""
-        return 2 * self.block_count * self.head_count_kv * (self.embedding_length // self.head_count) * num_ctx * 2
-
-    def details(self) -> dict[str, Any]:
-        """The `details` object of /api/tags, /api/ps and /api/show."""
-        return {
-            "parent_model": "",
-            "format": "gguf",
-            "family": self.family,
-            "families": [self.family],
-            "parameter_size": self.parameter_size,
-            "quantization_level": self.quantization_level,
-        }
-
-
-KNOWN_MODELS: dict[str, ModelSpec] = {
-    s.tag: s
-    for s in [
-        ModelSpec("llama3.1:8b", 4_920_753_328, "llama", 32, 32, 8, 4096, 131072, "8.0B"),
-        ModelSpec("mistral:7b", 4_113_301_824, "llama", 32, 32, 8, 4096, 32768, "7.2B"),
-        ModelSpec("qwen2.5:7b", 4_683_087_332, "qwen2", 28, 28, 4, 3584, 32768, "7.6B"),
-        ModelSpec("llama3.2:3b", 2_019_393_189, "llama", 28, 24, 8, 3072, 131072, "3.2B"),
-        ModelSpec("gemma2:9b", 5_443_152_417, "gemma2", 42, 16, 8, 3584, 8192, "9.2B"),
-        ModelSpec("qwen2.5:14b", 8_988_110_976, "qwen2", 48, 40, 8, 5120, 32768, "14.8B"),
-        ModelSpec("llama3.1:70b", 42_520_413_916, "llama", 80, 64, 8, 8192, 131072, "70.6B"),
-    ]
-}
 
 
 @dataclass
@@ -203,10 +167,6 @@ def _keep_alive_seconds(v: Any) -> float:
     except ValueError as e:
         raise _ApiError(400, str(e)) from None
     return math.inf if secs < 0 else secs
-
-
-def _norm(tag: str) -> str:
-    return tag if ":" in tag.rsplit("/", 1)[-1] else tag + ":latest"
 
 
 def _parse_json(raw: bytes) -> dict[str, Any]:
@@ -346,10 +306,6 @@ class _Conn:
 class _ModelState:
     active: int = 0  # slots in use
     waiters: collections.deque[asyncio.Future[None]] = field(default_factory=collections.deque)
-    load_task: asyncio.Task[None] | None = None
-    load_waiters: int = 0
-    num_ctx: int = DEFAULT_NUM_CTX
-    expiry: asyncio.TimerHandle | None = None
 
 
 class FakeOllama:
@@ -365,14 +321,17 @@ class FakeOllama:
         tokens_per_s: float = 0.0,
         load_time_s: float = 0.0,
         require_local_host: bool = False,
+        max_loaded_models: int = 0,
     ) -> None:
         self.host, self.port = host, port
         self.models = {
-            _norm(t): dataclasses.replace(s, tag=_norm(t))  # copies: pulls must not leak
+            norm(t): dataclasses.replace(s, tag=shortest(t))  # copies: pulls must not leak
             for t, s in (KNOWN_MODELS if models is None else models).items()
         }
         self.slots, self.tokens_per_s, self.load_time_s = slots, tokens_per_s, load_time_s
         self.require_local_host = require_local_host
+        self.max_loaded_models = max_loaded_models
+        self.sched: Scheduler | None = None
         self.requests: list[ChatRecord] = []
         self.loaded: dict[str, float] = {}
         self.pulls: list[str] = []
@@ -427,6 +386,7 @@ class FakeOllama:
 
     async def _serve(self) -> None:
         self._stop_ev = asyncio.Event()
+        self.sched = Scheduler(self.max_loaded_models, self._mirror_loaded)
         server = await asyncio.start_server(self._handle_conn, self.host, self.port)
         self.port = server.sockets[0].getsockname()[1]
         self._ready.set()
@@ -436,10 +396,7 @@ class FakeOllama:
             conn.writer.transport.abort()
             task.cancel()
         await asyncio.gather(*self._conns.values(), return_exceptions=True)
-        for st in self._states.values():
-            for h in (st.expiry, st.load_task):
-                if h:
-                    h.cancel()
+        self.sched.close()
 
     # ---- test-facing API (any thread)
     def set_behavior(self, tag: str, **kw: Any) -> None:
@@ -447,7 +404,7 @@ class FakeOllama:
         if set(kw) - KNOBS:
             raise ValueError(f"unknown behaviour knob(s): {sorted(set(kw) - KNOBS)}; known: {sorted(KNOBS)}")
         with self._cond:
-            beh = self._behaviors.setdefault(tag if tag == "*" else _norm(tag), {})
+            beh = self._behaviors.setdefault(tag if tag == "*" else norm(tag), {})
             for k, v in kw.items():
                 if v is None:
                     beh.pop(k, None)
@@ -500,56 +457,18 @@ class FakeOllama:
     def _state(self, tag: str) -> _ModelState:
         return self._states.setdefault(tag, _ModelState())
 
-    def _set_expiry(self, tag: str, keep_alive: float) -> None:
-        st = self._state(tag)
-        if st.expiry:
-            st.expiry.cancel()
-            st.expiry = None
+    def _mirror_loaded(self, loaded: dict[str, float]) -> None:
+        """Keep `loaded` (model key → expiry, inf while in use or kept forever) for tests."""
         with self._cond:
-            if keep_alive <= 0:
-                if st.active == 0:
-                    self.loaded.pop(tag, None)
-            elif math.isinf(keep_alive):
-                self.loaded[tag] = math.inf
-            else:
-                self.loaded[tag] = time.monotonic() + keep_alive
-                st.expiry = asyncio.get_running_loop().call_later(keep_alive, self._expire, tag)
+            self.loaded = {self.models[k].tag if k in self.models else k: v for k, v in loaded.items()}
             self._cond.notify_all()
 
-    def _expire(self, tag: str) -> None:
-        st = self._state(tag)
-        st.expiry = None
-        if st.active == 0 and not st.waiters:  # else the last request re-arms it
-            with self._cond:
-                self.loaded.pop(tag, None)
-                self._cond.notify_all()
-
-    async def _ensure_loaded(self, tag: str, beh: dict[str, Any], keep_alive: float, num_ctx: int) -> int:
-        """Load the model unless loaded (one load shared by concurrent requests); returns load ns."""
-        st, t0 = self._state(tag), time.monotonic_ns()
-        if tag in self.loaded or st.active:
-            return 1_000_000
-        delay = float(beh.get("load_time_s", self.load_time_s))
-        if delay > 0:
-            task = st.load_task
-            if task is None:
-                task = st.load_task = asyncio.ensure_future(asyncio.sleep(delay))
-                st.load_waiters = 0
-            st.load_waiters += 1
-            try:
-                await asyncio.shield(task)
-            finally:
-                st.load_waiters -= 1
-                if st.load_task is task and (task.done() or st.load_waiters == 0):
-                    st.load_task = None
-                    task.cancel()  # aborts a load nobody waits for any more
-        st.num_ctx = num_ctx
-        if tag not in self.loaded:
-            self._set_expiry(tag, keep_alive or math.inf)
-        return max(time.monotonic_ns() - t0, 1_000_000)
+    def slots_for(self, spec: ModelSpec, beh: dict[str, Any]) -> int:
+        """Parallel sequences for a model: OLLAMA_NUM_PARALLEL, but 1 for some architectures."""
+        return 1 if spec.family in SINGLE_SEQUENCE else int(beh.get("slots", self.slots))
 
     async def _acquire_slot(self, tag: str, st: _ModelState, beh: dict[str, Any]) -> None:
-        if st.active < int(beh.get("slots", self.slots)) and not st.waiters:
+        if st.active < self.slots_for(self.models[tag], beh) and not st.waiters:
             st.active += 1
             return
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -566,7 +485,7 @@ class FakeOllama:
 
     def _release_slot(self, tag: str, st: _ModelState) -> None:
         st.active -= 1
-        slots = int(self._behavior(tag).get("slots", self.slots))
+        slots = self.slots_for(self.models[tag], self._behavior(tag))
         while st.waiters and st.active < slots:
             fut = st.waiters.popleft()
             if not fut.done():
@@ -609,9 +528,13 @@ class FakeOllama:
         try:
             if route == ("GET", "/"):
                 await conn.send(200, "text/plain; charset=utf-8", b"Ollama is running", head_only)
-            elif route in (("GET", "/api/version"), ("GET", "/api/tags"), ("GET", "/api/ps")):
-                body = {"/api/version": lambda: {"version": "0.12.6"}, "/api/tags": self._tags, "/api/ps": self._ps}
+            elif route in (("GET", "/api/version"), ("GET", "/api/tags")):
+                body = {"/api/version": lambda: {"version": "0.12.6"}, "/api/tags": self._tags}
                 await conn.send(200, JSON_CT, gojson(body[req.path]()), head_only)
+            elif route == ("GET", "/api/ps"):
+                assert self.sched is not None
+                await self.sched.wait_loads()  # routes.go PsHandler → sched.loadedModels waits on refMu
+                await conn.send(200, JSON_CT, gojson(self._ps()), head_only)
             elif route == ("POST", "/api/show"):
                 await conn.send_json(200, self._show(_parse_json(req.body)))
             elif route == ("POST", "/api/pull"):
@@ -626,7 +549,7 @@ class FakeOllama:
 
     # ---- simple endpoints
     def _installed(self, tag: str) -> ModelSpec:
-        spec = self.models.get(_norm(tag))
+        spec = self.models.get(norm(tag))
         if spec is None or not spec.installed:
             raise _ApiError(404, f"model '{tag}' not found")
         return spec
@@ -649,15 +572,15 @@ class FakeOllama:
 
     def _ps(self) -> dict[str, Any]:
         out, now, wall = [], time.monotonic(), time.time()
-        with self._cond:
-            loaded = dict(self.loaded)
-        for tag, exp in loaded.items():
-            s, ctx = self.models[tag], self._state(tag).num_ctx
-            size = s.size + s.kv_bytes(ctx)
+        assert self.sched is not None
+        for key, runner in self.sched.runners.items():
+            s, ctx, exp = self.models[key], runner.num_ctx, runner.expires_at if runner.refs == 0 else math.inf
+            # KV for num_ctx × parallel sequences (llm/llama_server.go passes -c num_ctx*numParallel).
+            size = s.size + s.kv_bytes(ctx * self.slots_for(s, self._behavior(key)))
             out.append(
                 {
-                    "name": tag,
-                    "model": tag,
+                    "name": s.tag,
+                    "model": s.tag,
                     "size": size,
                     "digest": s.digest,
                     "details": s.details(),
@@ -675,7 +598,7 @@ class FakeOllama:
         s = self._installed(tag)
         a = s.arch
         pcount = int(float(s.parameter_size.rstrip("BM")) * (1e9 if s.parameter_size.endswith("B") else 1e6))
-        info = {
+        info: dict[str, Any] = {
             "general.architecture": a,
             "general.parameter_count": pcount,
             f"{a}.block_count": s.block_count,
@@ -684,6 +607,12 @@ class FakeOllama:
             f"{a}.embedding_length": s.embedding_length,
             f"{a}.context_length": s.context_length,
         }
+        if s.key_length:
+            info[f"{a}.attention.key_length"] = info[f"{a}.attention.value_length"] = s.key_length
+        if body.get("verbose") is not True:
+            # server/routes.go getModelData decodes with maxArraySize 0 unless verbose, and fs/ggml/gguf.go
+            # newArray then keeps no values: every array, per-layer ones included, is null.
+            info = {k: None if isinstance(v, list) else v for k, v in info.items()}
         return {
             "license": "",
             "modelfile": "",
@@ -699,8 +628,8 @@ class FakeOllama:
         tag = str(body.get("model") or body.get("name") or "")
         if not tag:
             raise _ApiError(400, "model is required")
-        spec = self.models.get(_norm(tag))
-        ok = spec is not None and not self._behavior(_norm(tag)).get("pull_error")
+        spec = self.models.get(norm(tag))
+        ok = spec is not None and not self._behavior(norm(tag)).get("pull_error")
         lines: list[dict[str, Any]] = [{"status": "pulling manifest"}]
         if spec is not None and ok:
             for layer, total in ((spec.digest, spec.size), (hashlib.sha256(spec.digest.encode()).hexdigest(), 487)):
@@ -714,19 +643,29 @@ class FakeOllama:
                     for k in range(5)
                 ]
             lines += [{"status": "verifying sha256 digest"}, {"status": "writing manifest"}, {"status": "success"}]
-            spec.installed = True
         else:
             lines.append({"error": PULL_ERROR})
         with self._cond:
             self.pulls.append(tag)
             self._cond.notify_all()
+        verify_s = float(self._behavior(norm(tag)).get("verify_s", 0))
         if body.get("stream", True) is False:
             if not ok:
                 raise _ApiError(500, PULL_ERROR)
+            await asyncio.sleep(verify_s)
+            assert spec is not None
+            spec.installed = True
             await conn.send_json(200, {"status": "success"})
             return True
         head = conn.stream_head()
         for line in lines:
+            if line.get("status") == "writing manifest":
+                # server/images.go PullModel: "verifying sha256 digest", then nothing while every
+                # layer's sha256 is checked (minutes for a big model), then the manifest is written.
+                await conn.writer.drain()
+                await asyncio.sleep(verify_s)
+                assert spec is not None
+                spec.installed = True
             conn.writer.write(head + _chunk(gojson(line) + b"\n"))
             head = b""
             await asyncio.sleep(0)
@@ -773,21 +712,17 @@ class FakeOllama:
         self._update(rec, outcome="cancelled")
         return False
 
-    def _plan(self, body: dict[str, Any], beh: dict[str, Any]) -> tuple[list[str], int, str]:
-        """(token cycle, number of tokens, natural done_reason) for a request."""
+    def _plan(self, body: dict[str, Any], beh: dict[str, Any]) -> tuple[list[str], int]:
+        """(token cycle, natural number of answer tokens) for a request."""
         if "tokens" in beh:
-            units, count = list(beh["tokens"]), len(beh["tokens"])
-        else:
-            users = [m for m in body.get("messages", []) if isinstance(m, dict) and m.get("role") == "user"]
-            words = str(users[-1].get("content") or "").split() if users else []
-            units, count = [w + " " for w in words or ["ok"]], int(beh.get("reply_tokens", 8))
-        num_predict = (body.get("options") or {}).get("num_predict")
-        if isinstance(num_predict, (int, float)) and 0 <= num_predict <= count:
-            return units, int(num_predict), "length"
-        return units, count, "stop"
+            return list(beh["tokens"]), len(beh["tokens"])
+        users = [m for m in body.get("messages", []) if isinstance(m, dict) and m.get("role") == "user"]
+        words = str(users[-1].get("content") or "").split() if users else []
+        return [w + " " for w in words or ["ok"]], int(beh.get("reply_tokens", 8))
 
     async def _chat_work(self, conn: _Conn, rec: ChatRecord, body: dict[str, Any], tag: str, keep_alive: float) -> bool:
-        beh, messages, model = self._behavior(tag), body.get("messages") or [], str(body["model"])
+        key, messages, model = norm(tag), body.get("messages") or [], str(body["model"])
+        beh, spec = self._behavior(key), self.models[norm(tag)]
 
         async def short(status: int, reason: str, obj: dict[str, Any] | None = None) -> bool:
             self._update(rec, outcome="done" if status == 200 else "error", status=status, done_reason=reason or None)
@@ -804,34 +739,75 @@ class FakeOllama:
             )
             return True
 
+        sched = self.sched
+        assert sched is not None
         if not messages and keep_alive == 0:
-            self._set_expiry(tag, 0)
+            sched.expire(key)
             return await short(200, "unload")
         if "status" in beh:
             await asyncio.sleep(float(beh.get("first_byte_delay", 0)))
             return await short(int(beh["status"]), "", {"error": str(beh.get("error", RUNNER_ERROR))})
-        num_ctx = int((body.get("options") or {}).get("num_ctx") or DEFAULT_NUM_CTX)
-        load_ns = await self._ensure_loaded(tag, beh, keep_alive, num_ctx)
-        if not messages:
-            self._set_expiry(tag, keep_alive)
-            return await short(200, "load")
-        st = self._state(tag)
-        await self._acquire_slot(tag, st, beh)
+        options = body.get("options") or {}
+        # llm/server.go NewLlamaServer: num_ctx is capped at the model's training context.
+        num_ctx = min(int(options.get("num_ctx") or DEFAULT_NUM_CTX), spec.context_length)
+        shift = body.get("shift") is not False
         try:
-            self._update(rec, outcome="generating", started_at=time.monotonic())
-            if beh.get("first_byte_delay"):
-                await asyncio.sleep(float(beh["first_byte_delay"]))
-            units, count, reason = self._plan(body, beh)
-            mode = next((k for k in FAIL_KNOBS if k in beh), None)
-            count = min(count, int(beh[mode])) if mode else count
-            words = sum(len(str(m.get("content") or "").split()) for m in messages if isinstance(m, dict))
-            stats = {"prompt_eval_count": words + 4 * len(messages), "load_duration": load_ns}
-            rate = float(beh.get("tokens_per_s", self.tokens_per_s))
-            args = (conn, rec, model, units, count, reason, mode, beh, rate, stats)
-            return await (self._whole(*args) if body.get("stream", True) is False else self._stream(*args))
+            load_s = float(beh.get("load_time_s", self.load_time_s))
+            load_ns = await sched.acquire(key, num_ctx, shift, keep_alive, load_s)
+        except LoadAborted as e:
+            return await short(500, "", {"error": str(e)})
+        try:
+            if not messages:
+                return await short(200, "load")
+            st = self._state(key)
+            await self._acquire_slot(key, st, beh)
+            try:
+                return await self._generate(conn, rec, body, spec, beh, num_ctx, shift, load_ns, short)
+            finally:
+                self._release_slot(key, st)
         finally:
-            self._release_slot(tag, st)
-            self._set_expiry(tag, keep_alive)
+            sched.release(key)
+
+    async def _generate(
+        self,
+        conn: _Conn,
+        rec: ChatRecord,
+        body: dict[str, Any],
+        spec: ModelSpec,
+        beh: dict[str, Any],
+        num_ctx: int,
+        shift: bool,
+        load_ns: int,
+        short: Callable[..., Any],
+    ) -> bool:
+        self._update(rec, outcome="generating", started_at=time.monotonic())
+        if beh.get("first_byte_delay"):
+            await asyncio.sleep(float(beh["first_byte_delay"]))
+        fitted = fit_prompt(body.get("messages") or [], num_ctx, body.get("truncate") is not False, shift)
+        if isinstance(fitted, str):
+            return bool(await short(400, "", {"error": fitted}))
+        if isinstance(fitted, dict):  # llama-server's body, relayed as the error text (statusErrorMessage)
+            return bool(await short(400, "", {"error": gojson(fitted).decode()}))
+        units, natural = self._plan(body, beh)
+        thinking = thinking_tokens(spec, body.get("think"), beh)
+        limit = math.inf
+        num_predict = (body.get("options") or {}).get("num_predict")
+        if isinstance(num_predict, (int, float)) and num_predict >= 0:
+            limit = num_predict
+        # Without context shift llama-server stops a full slot with STOP_TYPE_LIMIT (llama.cpp
+        # tools/server/server-context.cpp), which Ollama reports as "length" (llm/llama_server.go Completion).
+        if not shift:
+            limit = min(limit, num_ctx - fitted - 1)
+        count, reason = thinking + natural, "stop"
+        if count > limit:
+            count, reason = int(limit), "length"
+        mode = next((k for k in FAIL_KNOBS if k in beh), None)
+        count = min(count, int(beh[mode])) if mode else count
+        stats = {"prompt_eval_count": fitted, "load_duration": load_ns, "thinking": thinking}
+        rate = float(beh.get("tokens_per_s", self.tokens_per_s))
+        model = str(body["model"])
+        args = (conn, rec, model, units, count, reason, mode, beh, rate, stats)
+        return await (self._whole(*args) if body.get("stream", True) is False else self._stream(*args))
 
     def _final(
         self, model: str, content: str, reason: str, rec: ChatRecord, n: int, t_gen: int, stats: dict[str, Any]
@@ -869,12 +845,17 @@ class FakeOllama:
         pre = b'{"model":' + gojson(model) + b',"created_at":"'
         mid, post = b'","message":{"role":"assistant","content":', b'},"done":false}\n'
         enc, m = [gojson(u) for u in units], len(units)
+        # Reasoning first, in message.thinking with an empty content (server/routes.go ChatHandler).
+        thinking, think_mid = int(stats.get("thinking", 0)), b'","message":{"role":"assistant","content":"","thinking":'
         interval, t0, t_gen = (1.0 / rate if rate > 0 else 0.0), loop.time(), time.monotonic_ns()
         head = conn.stream_head()  # Ollama sends headers only with the first line
         for i in range(count):
             if tr.is_closing():
                 raise ConnectionResetError("client went away")
-            line = pre + _created_at() + mid + enc[i % m] + post
+            if i < thinking:
+                line = pre + _created_at() + think_mid + b'"Hmm, "' + post
+            else:
+                line = pre + _created_at() + mid + enc[(i - thinking) % m] + post
             w.write(head + b"%x\r\n%b\r\n" % (len(line), line))
             head, rec.tokens_sent = b"", i + 1
             if tr.get_write_buffer_size() > HIGH_WATER:
@@ -895,6 +876,8 @@ class FakeOllama:
         if mode == "error_after":
             tail = _chunk(gojson({"error": str(beh.get("error", RUNNER_ERROR))}) + b"\n")
         elif mode == "truncate_after":
+            # A clean end without a `done` line: Ollama's repetition stop (llm/llama_server.go
+            # Completion returns ctx.Err() = nil after 30 repeated tokens, with no final response).
             tail = b""
         else:
             tail = _chunk(gojson(self._final(model, "", reason, rec, count, t_gen, stats)) + b"\n")
@@ -931,7 +914,8 @@ class FakeOllama:
             self._update(rec, outcome="error", status=500)
             await conn.send_json(500, {"error": str(beh.get("error", RUNNER_ERROR))})
             return True
-        content = "".join(units[i % len(units)] for i in range(count))
+        thinking = min(int(stats.get("thinking", 0)), count)
+        content = "".join(units[i % len(units)] for i in range(count - thinking))
         body = gojson(self._final(model, content, reason, rec, count, t_gen, stats))
         if mode == "truncate_after":  # promise the whole body, deliver half, hang up
             self._update(rec, outcome="error")
@@ -956,6 +940,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", default="", help="comma-separated tags; unknown tags get llama3.2:3b numbers")
     p.add_argument("--reply-tokens", type=int, default=None, help="tokens per reply (default 8)")
     p.add_argument("--require-local-host", action="store_true")
+    p.add_argument("--max-loaded-models", type=int, default=0, help="Ollama's OLLAMA_MAX_LOADED_MODELS (0: no limit)")
     a = p.parse_args(argv)
     models = None
     if a.models:
@@ -972,6 +957,7 @@ def main(argv: list[str] | None = None) -> int:
         tokens_per_s=a.tokens_per_s,
         load_time_s=a.load_time,
         require_local_host=a.require_local_host,
+        max_loaded_models=a.max_loaded_models,
     )
     if a.reply_tokens is not None:
         fake.set_behavior("*", reply_tokens=a.reply_tokens)

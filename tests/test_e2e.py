@@ -229,7 +229,6 @@ def test_the_published_livepeer_sdk_parses_our_answer(runner: Runner) -> None:
         ({"status": 503, "error": "server busy, please try again.  maximum pending requests exceeded"}, "busy"),
         ({"status": 500, "error": "llama runner process has terminated: exit status 2"}, "exit status 2"),
         ({"error_after": 0, "error": "CUDA error"}, "CUDA error"),
-        ({"truncate_after": 0}, "without its final"),
     ],
 )
 def test_ollama_failures_before_any_token_are_500_with_detail(runner: Runner, knobs: dict[str, Any], says: str) -> None:
@@ -244,7 +243,7 @@ def test_ollama_failures_before_any_token_are_500_with_detail(runner: Runner, kn
     assert call("POST", f"{runner.url}/llm", json=body()).status_code == 200  # the worker is still healthy
 
 
-@pytest.mark.parametrize("knobs", [{"error_after": 3, "error": "CUDA error"}, {"truncate_after": 3}, {"drop_after": 3}])
+@pytest.mark.parametrize("knobs", [{"error_after": 3, "error": "CUDA error"}, {"drop_after": 3}])
 def test_ollama_failures_mid_stream_end_with_an_error_chunk(runner: Runner, knobs: dict[str, Any]) -> None:
     runner.fake.set_behavior("*", **knobs)
     response, lines = stream(f"{runner.url}/llm", body(stream=True))
@@ -255,6 +254,33 @@ def test_ollama_failures_mid_stream_end_with_an_error_chunk(runner: Runner, knob
     assert result.usage["completion_tokens"] == 3
     response = call("POST", f"{runner.url}/llm", json=body())
     assert response.status_code == 500 and response.json()["detail"]["msg"]
+
+
+def test_a_clean_end_without_a_done_line_is_a_finish_with_the_tokens_relayed(runner: Runner) -> None:
+    runner.fake.set_behavior("*", truncate_after=5)  # Ollama stopping a repetition loop
+    response, lines = stream(f"{runner.url}/llm", body(stream=True))
+    result = read_stream(lines)
+    assert response.status_code == 200 and result.finish_reason == "stop"
+    assert result.text == expected_text("alpha bravo", 5) and result.usage["completion_tokens"] == 5
+    answer = call("POST", f"{runner.url}/llm", json=body()).json()
+    assert answer["choices"][0]["finish_reason"] == "stop" and answer["usage"]["completion_tokens"] == 5
+
+
+def test_a_prompt_that_does_not_fit_the_context_is_a_400_naming_its_size(runner: Runner) -> None:
+    history = [{"role": "user", "content": "word " * 3000}, {"role": "assistant", "content": "ok"}]
+    long = {**body(), "messages": [*history, {"role": "user", "content": "word " * 1500}]}
+    for stream_flag in (False, True):
+        response = call("POST", f"{runner.url}/llm", json={**long, "stream": stream_flag})
+        assert response.status_code == 400
+        msg = response.json()["detail"]["msg"]
+        assert "4513 tokens" in msg and "4096 tokens" in msg
+    sent = runner.fake.chat_records()[-1].body
+    assert (sent["truncate"], sent["shift"]) == (False, False)
+
+
+def test_top_k_disabled_reaches_ollama_as_zero(runner: Runner) -> None:
+    assert call("POST", f"{runner.url}/llm", json=body(top_k=-1)).status_code == 200
+    assert runner.fake.chat_records()[-1].body["options"]["top_k"] == 0
 
 
 def test_no_answer_is_ever_422_or_503(runner: Runner) -> None:

@@ -110,7 +110,7 @@ def test_a_fast_stream_arrives_in_batches(streams: StreamLoop, fake_ollama: Fake
         (404, "model 'llama3.1:8b' not found", "model_missing", 500),
         (503, "server busy, please try again.  maximum pending requests exceeded", "busy", 500),
         (500, "llama runner process has terminated: exit status 2", "ollama_error", 500),
-        (400, "invalid input", "rejected", 400),
+        (400, '"all-minilm:latest" does not support chat', "ollama_config", 500),
     ],
 )
 def test_error_statuses(
@@ -130,12 +130,21 @@ def test_error_line_mid_stream(streams: StreamLoop, fake_ollama: FakeOllama) -> 
     assert caught.value.reason == "stream_error"
 
 
-def test_stream_that_ends_without_done_is_an_error(streams: StreamLoop, fake_ollama: FakeOllama) -> None:
-    fake_ollama.set_behavior(TAG, truncate_after=2)
+def test_a_clean_end_without_done_is_a_finish_with_its_tokens(streams: StreamLoop, fake_ollama: FakeOllama) -> None:
+    fake_ollama.set_behavior(TAG, truncate_after=2)  # Ollama's repetition stop
     stream, got = stream_for(streams, fake_ollama.url)
-    with pytest.raises(BackendError, match="without its final") as caught:
-        run_on(streams, stream)
-    assert len(got.texts) == 2 and got.final is None and caught.value.reason == "truncated"
+    run_on(streams, stream)
+    assert len(got.texts) == 2 and got.final is None
+
+
+def test_a_prompt_longer_than_the_context_is_refused_not_cut(streams: StreamLoop, fake_ollama: FakeOllama) -> None:
+    history = [{"role": "user", "content": "word " * 3000}, {"role": "assistant", "content": "ok"}]
+    spec = GenerateJob(**{**job().to_payload(), "messages": [*history, {"role": "user", "content": "word " * 1500}]})
+    with pytest.raises(BackendError) as caught:
+        run(streams, fake_ollama.url, spec)
+    assert (caught.value.status, caught.value.reason) == (400, "prompt_too_long")
+    assert "4513 tokens" in caught.value.msg and "4096 tokens" in caught.value.msg
+    assert fake_ollama.chat_records()[-1].tokens_sent == 0
 
 
 def test_connection_dropped_mid_stream(streams: StreamLoop, fake_ollama: FakeOllama) -> None:

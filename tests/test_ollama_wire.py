@@ -7,7 +7,7 @@ import json
 import pytest
 
 from common.jobs import GenerateJob
-from worker.ollama_wire import chat_body, error_for_status, parse_lines
+from worker.ollama_wire import Final, chat_body, error_for_status, load_body, parse_lines, reasoning_only, think_value
 
 JOB = GenerateJob(
     reply_to="ch", model_id="meta-llama/Meta-Llama-3.1-8B-Instruct", tag="llama3.1:8b",
@@ -15,21 +15,84 @@ JOB = GenerateJob(
 )  # fmt: skip
 
 
-def test_the_request_maps_every_field_and_always_streams_without_thinking() -> None:
+def test_the_request_maps_every_field_streams_without_thinking_and_never_cuts_the_prompt() -> None:
     body = json.loads(chat_body(JOB, num_ctx=4096, keep_alive=-1))
     assert body == {
         "model": "llama3.1:8b",
         "messages": [{"role": "user", "content": "Hi"}],
         "stream": True,
         "think": False,
+        "truncate": False,
+        "shift": False,
         "keep_alive": -1,
-        "options": {"num_predict": 64, "temperature": 0.2, "top_p": 0.9, "num_ctx": 4096},
+        "options": {"num_predict": 64, "temperature": 0.2, "top_p": 0.9, "top_k": 0, "num_ctx": 4096},
     }
 
 
-def test_top_k_is_sent_only_when_positive_and_keep_alive_durations_stay_strings() -> None:
+def test_preload_and_jobs_agree_on_shift_so_a_job_never_reloads_the_model() -> None:
+    job = json.loads(chat_body(JOB, num_ctx=4096, keep_alive=-1))
+    load = load_body("llama3.1:8b", num_ctx=4096, keep_alive=-1)
+    assert (load["shift"], load["options"]["num_ctx"], load["messages"]) == (job["shift"], 4096, [])
+
+
+def test_top_k_disabled_is_sent_as_zero_not_omitted_and_keep_alive_durations_stay_strings() -> None:
     body = json.loads(chat_body(GenerateJob(**{**JOB.to_payload(), "top_k": 40}), num_ctx=2048, keep_alive="10m"))
     assert body["options"]["top_k"] == 40 and body["keep_alive"] == "10m"
+    for disabled in (0, -1, -5):
+        options = json.loads(chat_body(GenerateJob(**{**JOB.to_payload(), "top_k": disabled}), num_ctx=2048,
+                                       keep_alive=-1))["options"]  # fmt: skip
+        assert options["top_k"] == 0  # omitted, Ollama would use 40
+
+
+def test_a_large_max_tokens_is_bounded_by_the_context() -> None:
+    options = json.loads(chat_body(GenerateJob(**{**JOB.to_payload(), "max_tokens": 100_000}), num_ctx=4096,
+                                   keep_alive=-1))["options"]  # fmt: skip
+    assert options["num_predict"] == 4096
+
+
+def test_gpt_oss_gets_its_lowest_think_level_others_think_false() -> None:
+    assert think_value("gptoss") == "low" and think_value("gpt-oss") == "low"
+    assert think_value("qwen3") is False and think_value("") is False
+    assert json.loads(chat_body(JOB, num_ctx=4096, keep_alive=-1, think="low"))["think"] == "low"
+
+
+def test_reasoning_is_counted_never_relayed_as_content() -> None:
+    parsed = parse_lines([
+        line({"message": {"role": "assistant", "content": "", "thinking": "Hmm"}, "done": False}),
+        line({"message": {"role": "assistant", "content": "Yes", "thinking": ""}, "done": False}),
+    ])  # fmt: skip
+    assert (parsed.texts, parsed.thinking) == (["Yes"], 1)
+
+
+def test_an_answer_empty_because_reasoning_used_the_budget_is_an_error_for_the_client() -> None:
+    cut = Final("length", 10, 64, 0, 0)
+    error = reasoning_only(cut, relayed=0, thinking=64, max_tokens=64)
+    assert error is not None and error.status == 400 and "64 max_tokens on reasoning" in error.msg
+    assert reasoning_only(cut, relayed=3, thinking=61, max_tokens=64) is None
+    assert reasoning_only(Final("stop", 10, 5, 0, 0), relayed=0, thinking=5, max_tokens=64) is None
+    assert reasoning_only(cut, relayed=0, thinking=0, max_tokens=64) is None
+
+
+def test_a_clean_end_without_counts_is_a_stop_counting_what_was_relayed() -> None:
+    final = Final.clean_end(37)
+    assert (final.finish_reason, final.eval_count, final.prompt_eval_count) == ("stop", 37, 0)
+
+
+def test_a_prompt_longer_than_the_context_is_a_400_naming_both_sizes() -> None:
+    inner = {"error": {"code": 400, "type": "exceed_context_size_error", "n_prompt_tokens": 5012, "n_ctx": 4096,
+                       "message": "request (5012 tokens) exceeds the available context size (4096 tokens), try "
+                       "increasing it"}}  # fmt: skip
+    body = json.dumps({"error": json.dumps(inner)}).encode()
+    error = error_for_status(400, body, tag="llama3.1:8b", url="http://o:11434")
+    assert (error.status, error.reason) == (400, "prompt_too_long")
+    assert "5012 tokens" in error.msg and "4096 tokens" in error.msg
+
+
+def test_operator_mistakes_are_500s_with_a_log_line(caplog: pytest.LogCaptureFixture) -> None:
+    for detail in ('"nomic-embed-text:latest" does not support chat', "pull model manifest: file does not exist"):
+        error = error_for_status(400, json.dumps({"error": detail}).encode(), tag="m", url="http://o:11434")
+        assert (error.status, error.reason) == (500, "ollama_config") and detail in error.msg
+        assert any(detail in r.getMessage() and r.levelname == "ERROR" for r in caplog.records)
 
 
 def line(obj: dict[str, object]) -> bytes:
@@ -83,7 +146,7 @@ def test_error_and_garbage_lines_end_the_batch_keeping_earlier_tokens(raw: bytes
         (404, b'{"error":"model \'x\' not found"}', "model_missing", 500, "not installed"),
         (503, b'{"error":"server busy, please try again."}', "busy", 500, "busy"),
         (500, b'{"error":"llama runner process has terminated: exit status 2"}', "ollama_error", 500, "exit status 2"),
-        (400, b'{"error":"invalid options"}', "rejected", 400, "invalid options"),
+        (400, b'{"error":"invalid options"}', "ollama_config", 500, "invalid options"),
         (403, b"", "forbidden", 500, "host name"),
         (502, b"<html>bad gateway</html>", "ollama_error", 500, "bad gateway"),
     ],

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from common.fleet import PROVISIONING, READY, ModelFit, WorkerRecord, capacity, fleet_status, why_unserved
-from worker.routing import listen_order
+from worker.routing import Waiting, choose_switch, listen_order
 
 A, B = "model/a", "model/b"
 
@@ -57,3 +57,34 @@ def test_why_unserved_names_the_vram_shortfall() -> None:
         "model 'model/b' needs about 20.0 GiB of VRAM; the largest GPU in this runner's fleet offers 7.0 GiB"
     )
     assert "no worker is running" in why_unserved([], B)
+
+
+def test_an_idle_model_gives_the_gpu_to_waiting_jobs_at_once() -> None:
+    switch = choose_switch(A, held_s=0.1, running=0, queues={A: Waiting(), B: Waiting(1, 0.2)},
+                           switch_cost_s={}, warm_elsewhere=set(), hold_s=5.0)  # fmt: skip
+    assert switch is not None and switch.model == B and "idle" in switch.reason
+
+
+def test_a_busy_model_is_held_until_the_other_has_waited_a_switch_and_it_had_as_long() -> None:
+    busy = {A: Waiting(3, 1.0), B: Waiting(2, 4.0)}
+    cost = {B: 8.0}
+    assert choose_switch(A, 20.0, 1, busy, cost, set(), hold_s=5.0) is None  # B waited 4 s < its 8 s switch
+    assert choose_switch(A, 6.0, 1, {**busy, B: Waiting(2, 9.0)}, cost, set(), hold_s=5.0) is None  # A had 6 s
+    switch = choose_switch(A, 9.0, 1, {**busy, B: Waiting(2, 9.0)}, cost, set(), hold_s=5.0)
+    assert switch is not None and switch.model == B and "waited 9.0 s" in switch.reason
+
+
+def test_a_model_warm_on_another_gpu_is_left_to_it_unless_its_jobs_wait_twice_as_long() -> None:
+    queues = {A: Waiting(), B: Waiting(1, 6.0)}
+    assert choose_switch(A, 30.0, 0, queues, {}, {B}, hold_s=5.0) is None
+    assert choose_switch(A, 30.0, 0, {A: Waiting(), B: Waiting(1, 10.0)}, {}, {B}, hold_s=5.0) is not None
+
+
+def test_the_longest_waiting_model_wins_and_nothing_waiting_means_no_switch() -> None:
+    c = "model/c"
+    queues = {A: Waiting(1, 1.0), B: Waiting(1, 7.0), c: Waiting(4, 12.0)}
+    switch = choose_switch(A, 10.0, 1, queues, {}, set(), hold_s=5.0)
+    assert switch is not None and switch.model == c
+    assert choose_switch(A, 100.0, 1, {A: Waiting(5, 50.0), B: Waiting()}, {}, set(), hold_s=5.0) is None
+    first = choose_switch(None, 0.0, 0, {A: Waiting(), B: Waiting(1, 0.0)}, {}, set(), hold_s=5.0)
+    assert first is not None and first.model == B and first.reason == "nothing loaded"

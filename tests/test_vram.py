@@ -13,7 +13,7 @@ TABLE = {
     "mistral:7b": (4.8, True),
     "qwen2.5:7b": (5.1, True),
     "llama3.2:3b": (2.8, True),
-    "gemma2:9b": (6.8, True),
+    "gemma2:9b": (7.0, True),  # head size 256 (key_length), not 3584 / 16
     "qwen2.5:14b": (10.0, False),
     "llama3.1:70b": (44.0, False),
 }
@@ -28,6 +28,7 @@ def model_info(tag: str) -> dict[str, object]:
         f"{arch}.attention.head_count": spec.head_count,
         f"{arch}.attention.head_count_kv": spec.head_count_kv,
         f"{arch}.embedding_length": spec.embedding_length,
+        **({f"{arch}.attention.key_length": spec.key_length} if spec.key_length else {}),
     }
 
 

@@ -96,9 +96,23 @@ class FleetCollector(Collector):
         }
         slots = GaugeMetricFamily("llm_worker_slots", "Parallel slots of each worker", labels=["worker", "state"])
         busy = GaugeMetricFamily("llm_worker_busy_slots", "Slots generating now", labels=["worker"])
+        switches = CounterMetricFamily(
+            "llm_worker_model_switches", "Models the worker unloaded to load another", labels=["worker"]
+        )
+        pulled = GaugeMetricFamily(
+            "llm_model_pull_completed_bytes", "Bytes of a pull in progress", labels=["worker", "model", "status"]
+        )
+        pull_size = GaugeMetricFamily(
+            "llm_model_pull_total_bytes", "Size of a pull in progress", labels=["worker", "model"]
+        )
         for record in records:
             slots.add_metric([record.name, record.state], record.slots)
             busy.add_metric([record.name], record.busy)
+            switches.add_metric([record.name], record.switches)
+            for model_id, fit in record.models.items():
+                if fit.pull:
+                    pulled.add_metric([record.name, model_id, fit.pull], fit.pull_completed)
+                    pull_size.add_metric([record.name, model_id], fit.pull_total)
             if record.gpu is not None:
                 values = [str(record.gpu.index), record.gpu.uuid, record.gpu.name, record.name]
                 for field, family in gauges.items():
@@ -106,6 +120,9 @@ class FleetCollector(Collector):
         yield from gauges.values()
         yield slots
         yield busy
+        yield switches
+        yield pulled
+        yield pull_size
         cap = GaugeMetricFamily(
             "llm_model_capacity_slots", "Slots of ready workers serving the model", labels=["model"]
         )

@@ -8,6 +8,7 @@ from typing import Any
 
 from redis import Redis
 
+from common.fleet import ModelFit
 from common.settings import Settings
 from worker.active import ActiveJobs
 from worker.ollama_stream import StreamLoop
@@ -27,6 +28,8 @@ class WorkerContext:
     streams: StreamLoop
     # Jobs whose Ollama call already started (worker.jobs.begin), by id.
     begun: dict[str, Future[dict[str, Any]]] = field(default_factory=dict)
+    # What provisioning learnt about each configured model (its family, context), by model id.
+    models: dict[str, ModelFit] = field(default_factory=dict)
 
 
 _current: WorkerContext | None = None

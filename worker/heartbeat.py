@@ -18,6 +18,7 @@ from worker.gpu import GpuMonitor
 from worker.ollama_admin import OllamaAdmin, normalize_tag
 from worker.publisher import Publisher
 from worker.routing import listen_order
+from worker.schedule import ModelSchedule
 from worker.slots import SlotWorker
 
 logger = logging.getLogger(__name__)
@@ -47,6 +48,8 @@ class Heartbeat:
         self.active = active
         self.admin = admin
         self.worker: SlotWorker | None = None
+        # Set when the GPU holds one model at a time: the schedule then decides what it listens on.
+        self.schedule: ModelSchedule | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
         self._lock = threading.Lock()
@@ -86,7 +89,7 @@ class Heartbeat:
                     next_beat = now + RQ_BEAT_S
             except (RedisError, OSError) as exc:
                 logger.warning("heartbeat: Redis unavailable: %s", exc)
-            if self.worker is not None and now >= next_poll:
+            if self.worker is not None and self.schedule is None and now >= next_poll:
                 next_poll = now + LOADED_POLL_S
                 self.refresh_routing()
 

@@ -18,7 +18,7 @@ from common.jobs import GenerateJob
 from worker import context
 from worker.active import Handle
 from worker.ollama_stream import ChatStream
-from worker.ollama_wire import Final, chat_body, parse_lines
+from worker.ollama_wire import Final, chat_body, parse_lines, reasoning_only, think_value
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +73,7 @@ class _Relay:
         self.job_id = job_id
         self.publish = publish
         self.relayed = 0
+        self.thinking = 0
         self.first_token_at: float | None = None
         self.final: Final | None = None
 
@@ -86,6 +87,7 @@ class _Relay:
             group = texts[start : start + TOKENS_PER_EVENT]
             self.publish(encode_tokens(self.job_id, json.dumps("".join(group), ensure_ascii=False), len(group)))
         self.relayed += len(texts)
+        self.thinking += parsed.thinking
         if parsed.error is not None:
             raise parsed.error
         self.final = parsed.final
@@ -101,10 +103,13 @@ async def _relay(job_id: str, spec: GenerateJob, handle: Handle) -> dict[str, An
 
     began = time.monotonic()
     relay = _Relay(job_id, publish)
+    fit = ctx.models.get(spec.model_id)
+    num_ctx = fit.num_ctx if fit is not None and fit.num_ctx else settings.num_ctx
+    think = think_value(fit.family if fit is not None else "")
     stream = ChatStream(
         ctx.streams,
         settings.ollama_url,
-        chat_body(spec, num_ctx=settings.num_ctx, keep_alive=settings.keep_alive),
+        chat_body(spec, num_ctx=num_ctx, keep_alive=settings.keep_alive, think=think),
         tag=spec.tag,
         connect_timeout=settings.connect_timeout_s,
         first_byte_timeout=settings.first_byte_timeout_s,
@@ -125,8 +130,11 @@ async def _relay(job_id: str, spec: GenerateJob, handle: Handle) -> dict[str, An
         assert isinstance(exc, BackendError)
         publish(encode(job_id, Failed(exc.msg, exc.status, exc.reason)))
         raise
-    final = relay.final
-    assert final is not None
+    # No `done` line after a clean end: Ollama stopped a repetition loop; a normal finish.
+    final = relay.final or Final.clean_end(relay.relayed)
+    if (empty := reasoning_only(final, relay.relayed, relay.thinking, spec.max_tokens)) is not None:
+        publish(encode(job_id, Failed(empty.msg, empty.status, empty.reason)))
+        raise empty
     publish(
         encode(
             job_id,

@@ -23,9 +23,10 @@ from worker.gpu import GpuMonitor
 from worker.heartbeat import Heartbeat
 from worker.ollama_admin import OllamaAdmin
 from worker.ollama_stream import StreamLoop
-from worker.provision import assess_models, vram_budget, wait_for_ollama, warm_default
+from worker.provision import all_stay_loaded, assess_models, vram_budget, wait_for_ollama, warm
 from worker.publisher import Publisher
 from worker.retention import PromptRetention
+from worker.schedule import ModelSchedule
 from worker.slots import DEQUEUE_TIMEOUT_S, SlotWorker
 
 logger = logging.getLogger("worker")
@@ -83,17 +84,18 @@ def run(settings: Settings) -> None:
     active = ActiveJobs()
     streams = StreamLoop()
     publisher = Publisher(settings.redis_url, streams.loop)
-    context.install(context.WorkerContext(settings, redis, name, label, active, publisher, streams))
+    context.install(
+        context.WorkerContext(settings, redis, name, label, active, publisher, streams, models=record.models)
+    )
     heartbeat = Heartbeat(redis, record, gpu, active, admin, publisher)
     _until_redis(heartbeat, stop)
     try:
         if wait_for_ollama(admin, stop) is None:
             return
-        record.models = assess_models(admin, settings, budget, stop)
+        assess_models(admin, settings, budget, stop, record.models)
         if stop.is_set():
             return
         heartbeat.announce()
-        warm_default(admin, settings, record.models)
         served = [m.model_id for m in settings.models if record.can_serve(m.model_id)]
         if not served:
             logger.error("this worker can serve none of the configured models; it stays idle (see above why)")
@@ -111,14 +113,28 @@ def run(settings: Settings) -> None:
             on_taken=lambda job: jobs.begin(job.id, job.args[0]),
             prompts=PromptRetention(redis, settings.prompt_retention_s, settings.drop_prompts_at_start),
         )
-        heartbeat.worker = worker
-        heartbeat.refresh_routing()
+        # Several models that all stay loaded: listen on every queue. Otherwise (one model, or one
+        # at a time) the schedule owns the GPU's model: it reloads it if Ollama drops it, and switches.
+        if len(served) > 1 and all_stay_loaded(settings, record.models, budget):
+            warm(admin, settings, record.models, served)
+            heartbeat.worker = worker
+            heartbeat.refresh_routing()
+        else:
+            # One model at a time on this GPU: the worker loads and switches models itself.
+            schedule = ModelSchedule(redis, record, admin, settings, stop)
+            if len(served) > 1:
+                logger.info("this GPU holds one model at a time; switching between: %s", ", ".join(served))
+            schedule.load(served[0])
+            heartbeat.schedule = schedule
+            heartbeat.worker = worker
+            schedule.start(worker)
         record.state = READY
         heartbeat.announce()
         if stop.is_set():
             return
         worker.work_until_stopped()
     finally:
+        stop.set()  # ends the model schedule
         record.state = STOPPING
         heartbeat.stop()
         publisher.flush()  # the last jobs' final events

@@ -11,15 +11,15 @@ from typing import Any
 import requests
 
 from common.errors import BackendError
-from worker.ollama_wire import error_for_status
+from common.models import ollama_name_key
+from worker.ollama_wire import error_for_status, load_body
 
 ADMIN_TIMEOUT_S = 10.0
-PULL_IDLE_S = 120.0
 
 
 def normalize_tag(tag: str) -> str:
-    """Ollama's canonical form of a tag: `name` means `name:latest`."""
-    return tag if ":" in tag.rsplit("/", 1)[-1] else f"{tag}:latest"
+    """The key under which Ollama knows a tag (case, `library/` and `:latest` as Ollama resolves them)."""
+    return ollama_name_key(tag)
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,9 @@ class OllamaAdmin:
         self._session = session or requests.Session()
         self._timeout = timeout
 
-    def _call(self, method: str, path: str, *, timeout: float | None = None, **kwargs: Any) -> requests.Response:
+    def _call(
+        self, method: str, path: str, *, timeout: float | tuple[float, None] | None = None, **kwargs: Any
+    ) -> requests.Response:
         url = f"{self.base_url}{path}"
         try:
             response = self._session.request(method, url, timeout=timeout or self._timeout, **kwargs)
@@ -59,9 +61,10 @@ class OllamaAdmin:
         return {normalize_tag(m["name"]): int(m.get("size", 0)) for m in models if isinstance(m, dict) and "name" in m}
 
     def show(self, tag: str) -> dict[str, Any]:
-        """The model's `model_info` (architecture numbers for the KV estimate)."""
-        info = self._call("POST", "/api/show", json={"model": tag}).json().get("model_info") or {}
-        return info if isinstance(info, dict) else {}
+        """The model's description: `model_info` with per-layer arrays (`verbose`), `details`."""
+        # Without verbose every array in model_info is null (server/routes.go getModelData, fs/ggml/gguf.go).
+        shown = self._call("POST", "/api/show", json={"model": tag, "verbose": True}).json()
+        return shown if isinstance(shown, dict) else {}
 
     def ps(self) -> dict[str, Loaded]:
         """Loaded models: normalised tag → sizes."""
@@ -77,11 +80,15 @@ class OllamaAdmin:
     ) -> None:
         """Pull a model, reporting each progress line; BackendError if it fails or `stop` is set.
 
-        Progress lines come at least every few seconds, so the read timeout bounds a stalled pull.
+        No read timeout: after the download Ollama verifies each layer's sha256 and sends nothing
+        until it is done (server/images.go, PullModel), minutes for a big model. `stop` closes
+        the connection, which also cancels the pull in Ollama.
         """
         response = self._call(
-            "POST", "/api/pull", json={"model": tag, "stream": True}, stream=True, timeout=PULL_IDLE_S
+            "POST", "/api/pull", json={"model": tag, "stream": True}, stream=True, timeout=(ADMIN_TIMEOUT_S, None)
         )
+        if stop is not None:
+            threading.Thread(target=_close_on, args=(stop, response), name="pull-stop", daemon=True).start()
         with response:
             last: dict[str, Any] = {}
             for line in response.iter_lines():
@@ -89,6 +96,8 @@ class OllamaAdmin:
                     raise BackendError(f"pulling {tag!r} interrupted: the worker is stopping", reason="pull_failed")
                 if not line:
                     continue
+                if stop is not None and stop.is_set():
+                    break
                 try:
                     last = json.loads(line)
                 except ValueError:
@@ -96,14 +105,26 @@ class OllamaAdmin:
                 if "error" in last:
                     raise BackendError(f"pulling {tag!r} failed: {last['error']}", reason="pull_failed")
                 on_progress(last)
+        if stop is not None and stop.is_set():
+            raise BackendError(f"pulling {tag!r} interrupted: the worker is stopping", reason="pull_failed")
         if last.get("status") != "success":
             raise BackendError(f"pulling {tag!r} ended without success", reason="pull_failed")
 
-    def preload(self, tag: str, *, num_ctx: int, keep_alive: int | str, timeout: float) -> None:
-        """Load a model into memory with the options jobs will use, so the first job is warm."""
-        self._call(
-            "POST",
-            "/api/chat",
-            json={"model": tag, "messages": [], "keep_alive": keep_alive, "options": {"num_ctx": num_ctx}},
-            timeout=timeout,
-        )
+    def preload(self, tag: str, *, num_ctx: int, keep_alive: int | str, timeout: float | None) -> None:
+        """Load a model into memory with the options jobs will use (timeout None: no read timeout)."""
+        wait = timeout if timeout is not None else (ADMIN_TIMEOUT_S, None)
+        self._call("POST", "/api/chat", json=load_body(tag, num_ctx=num_ctx, keep_alive=keep_alive), timeout=wait)
+
+    def unload(self, tag: str) -> None:
+        """Ask Ollama to unload a model once its requests end (`keep_alive: 0`, no messages)."""
+        self._call("POST", "/api/chat", json={"model": tag, "messages": [], "keep_alive": 0})
+
+
+def _close_on(stop: threading.Event | None, response: requests.Response) -> None:
+    """Close a streamed response once `stop` is set (a blocked read then ends at once)."""
+    if stop is None:
+        return
+    while not stop.wait(1.0):
+        if response.raw is None or response.raw.closed:
+            return
+    response.close()

@@ -181,7 +181,9 @@ class _ChatProtocol(asyncio.Protocol):
             if self.tail.strip() and self.call.on_lines([self.tail]):
                 self.finish()
                 return
-            raise BackendError("Ollama ended the stream without its final 'done' line", reason="truncated")
+            # A clean end (chunked terminator) without a `done` line is Ollama stopping a repetition
+            # loop (llm/llama_server.go, Completion): a finish; only a cut connection is an error.
+            self.finish()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.call.cancelled:

@@ -109,6 +109,8 @@ class SlotWorker(BaseWorker):
             job_class=jobguard.RunnerJob,
         )
         self.slots = slots
+        # Jobs run at once now: the slots, or fewer for a model Ollama runs one request at a time.
+        self.max_running = slots
         self.active = active
         self.grace_s = grace_s
         # Called with each job the moment it is taken, before any bookkeeping: lets it start its I/O.
@@ -125,9 +127,18 @@ class SlotWorker(BaseWorker):
         """Jobs running now."""
         return self._running
 
-    def set_queue_order(self, queue_names: list[str]) -> None:
-        """Take jobs from exactly these of its queues, in this order (none: take nothing for now)."""
+    @property
+    def stopping(self) -> bool:
+        """Whether a stop was requested (it takes no more jobs)."""
+        return self._stop.is_set()
+
+    def set_queue_order(self, queue_names: list[str], *, slots: int | None = None) -> None:
+        """Take jobs from exactly these of its queues, in this order (none: take nothing for now).
+
+        `slots` lowers how many jobs run at once (the model schedule sets it per model).
+        """
         self._ordered_queues = [self._queues_by_name[n] for n in queue_names if n in self._queues_by_name]
+        self.max_running = min(self.slots, slots) if slots else self.slots
 
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
         """Executions expire soon after their heartbeats stop, so RQ reclaims a dead worker's jobs."""
@@ -192,8 +203,8 @@ class SlotWorker(BaseWorker):
         try:
             while not self._stop.is_set():
                 with self._changed:
-                    self._changed.wait_for(lambda: self._running < self.slots or self._stop.is_set(), 1.0)
-                    free = self.slots - self._running
+                    self._changed.wait_for(lambda: self._running < self.max_running or self._stop.is_set(), 1.0)
+                    free = self.max_running - self._running
                 if free <= 0 or self._stop.is_set():
                     continue
                 try:
