@@ -3,6 +3,11 @@
 A message is `<job id>|<kind><body>`; several travel in one pub/sub payload, a line each (JSON
 escapes newlines, so no message holds one). Tokens travel with their text already JSON-encoded,
 so the web pastes it into an SSE chunk without decoding it again.
+
+Every event but a ping is numbered per job when it is published (`<job id>|<seq>|<kind><body>`,
+seq 1, 2, ...) and also appended to the job's backlog, a Redis stream whose entry ids are the
+sequence numbers: a reader that sees a gap, or lost its subscription, replays exactly what it
+missed from the backlog, and drops what it already has.
 """
 
 from __future__ import annotations
@@ -81,6 +86,21 @@ def encode(job_id: str, event: Event) -> bytes:
     return f"{job_id}|{kind}{json.dumps(asdict(event), separators=(',', ':'))}".encode()
 
 
+def sequenced(message: bytes, seq: int) -> bytes:
+    """`message` numbered `seq` within its job (the form published and kept in the backlog)."""
+    job_id, _, rest = message.partition(_SEP)
+    return b"%s|%d|%s" % (job_id, seq, rest)
+
+
+def sequence_of(message: bytes) -> int | None:
+    """The sequence number of a message, or None for an unnumbered one (a ping)."""
+    rest = message.partition(_SEP)[2]
+    seq, sep, _ = rest.partition(_SEP)
+    if sep and seq.isdigit():
+        return int(seq)
+    return None
+
+
 def job_key(message: bytes) -> bytes:
     """The job id a message is about, as bytes, without decoding the rest (for routing)."""
     return message.partition(_SEP)[0]
@@ -101,6 +121,10 @@ def decode(message: bytes) -> tuple[str, Event]:
     job_id, sep, rest = message.partition(_SEP)
     if not sep or not rest:
         raise ValueError(f"not an event message: {message[:80]!r}")
+    if rest[:1].isdigit():  # numbered: skip the sequence number
+        rest = rest.partition(_SEP)[2]
+        if not rest:
+            raise ValueError(f"not an event message: {message[:80]!r}")
     kind, body = rest[:1], rest[1:]
     if kind == _TOKENS:
         count, sep, text_json = body.partition(_SEP)

@@ -74,6 +74,8 @@ class WorkerRecord:
     loading: str = ""
     switches: int = 0
     updated: float = 0.0
+    # helper loop → times it died and was restarted in this worker process (common.guard)
+    restarts: dict[str, int] = field(default_factory=dict)
 
     def can_serve(self, model_id: str) -> bool:
         """Whether the model is installed on this worker's Ollama and fits its GPU."""

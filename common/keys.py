@@ -18,6 +18,11 @@ def reply_channel(web_id: str) -> str:
     return f"{PREFIX}:events:{web_id}"
 
 
+def job_backlog(job_id: str) -> str:
+    """Redis stream of a job's numbered events (entry id `<seq>-0`), for replay after a gap."""
+    return f"{PREFIX}:backlog:{job_id}"
+
+
 def cancel_channel() -> str:
     """Pub/sub channel on which the web asks every worker to cancel a job by id."""
     return f"{PREFIX}:cancel"

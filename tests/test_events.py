@@ -17,6 +17,8 @@ from common.events import (
     encode_tokens,
     job_key,
     join_batch,
+    sequence_of,
+    sequenced,
     split_batch,
 )
 
@@ -57,3 +59,13 @@ def test_a_batch_splits_back_into_its_messages() -> None:
     messages = [encode(JOB, Started("w", "gpu0")), encode_tokens(JOB, json.dumps("a\nb"), 1), encode(JOB, Ping())]
     assert split_batch(join_batch(messages)) == messages
     assert all(b"\n" not in m for m in messages)
+
+
+def test_numbered_messages_keep_their_event_and_give_their_number() -> None:
+    plain = encode_tokens(JOB, '"hi|there"', 2)
+    numbered = sequenced(plain, 42)
+    assert numbered == f'{JOB}|42|t2|"hi|there"'.encode()
+    assert sequence_of(numbered) == 42 and sequence_of(plain) is None
+    assert decode(numbered) == decode(plain) == (JOB, Tokens('"hi|there"', 2))
+    assert job_key(numbered) == JOB.encode()
+    assert sequence_of(encode(JOB, Ping())) is None

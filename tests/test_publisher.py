@@ -1,20 +1,23 @@
-"""The worker's event publisher: batching per web process, Redis password, and lost events."""
+"""The worker's event publisher: numbering, backlog, batching per web process, Redis password,
+retries through an outage, and lost events."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
 from redis import Redis
 from redis.exceptions import ConnectionError
 
+from common import keys
 from common.errors import QueueUnavailable
 from tests.conftest import RedisServer
 from tests.stack import free_port, wait_until
 from worker.ollama_stream import StreamLoop
-from worker.publisher import Publisher
+from worker.publisher import BACKLOG_TTL_S, Publisher
 
 
 @pytest.fixture
@@ -45,6 +48,12 @@ def listen(redis: Redis, *channels: str) -> tuple[list[tuple[str, bytes]], threa
     return received, ready
 
 
+def backlog(redis: Redis, job_id: str) -> list[tuple[bytes, bytes]]:
+    """(entry id, message) of every entry of a job's backlog stream."""
+    entries: list[tuple[bytes, dict[bytes, bytes]]] = redis.xrange(keys.job_backlog(job_id))  # type: ignore[assignment]
+    return [(entry_id, fields[b"m"]) for entry_id, fields in entries]
+
+
 def on_loop(streams: StreamLoop, func: object) -> None:
     """Run `func` on the stream loop's thread, as the relay does."""
 
@@ -67,7 +76,46 @@ def test_events_of_one_round_go_out_as_one_message_per_channel(
 
     on_loop(streams, burst)
     wait_until(lambda: len(received) == 2, 5, "two messages")
-    assert sorted(received) == [("web-a", b'j1|t1|"a"\nj2|t1|"b"'), ("web-b", b"j3|p")]
+    assert sorted(received) == [("web-a", b'j1|1|t1|"a"\nj2|1|t1|"b"'), ("web-b", b"j3|1|p")]
+
+
+def test_numbered_events_are_kept_in_the_jobs_backlog_with_a_ttl(
+    redis: Redis, redis_server: RedisServer, streams: StreamLoop
+) -> None:
+    received, _ = listen(redis, "web")
+    publisher = Publisher(redis_server.url, streams.loop)
+
+    def three() -> None:
+        for i in range(3):
+            publisher.publish("j", "web", b'j|t1|"%d"' % i)
+
+    on_loop(streams, three)
+    publisher.publish_threadsafe("web", b"j|p")  # a ping: live only, not numbered
+    wait_until(lambda: b"j|p" in b"\n".join(m for _, m in received), 5, "the ping")
+    assert backlog(redis, "j") == [
+        (b"1-0", b'j|1|t1|"0"'), (b"2-0", b'j|2|t1|"1"'), (b"3-0", b'j|3|t1|"2"')
+    ]  # fmt: skip
+    assert 0 < redis.ttl(keys.job_backlog("j")) <= BACKLOG_TTL_S
+
+
+def test_events_published_during_an_outage_reach_the_backlog_in_order(
+    redis: Redis, redis_server: RedisServer, streams: StreamLoop
+) -> None:
+    publisher = Publisher(redis_server.url, streams.loop)
+    on_loop(streams, lambda: publisher.publish("j", "web", b'j|t1|"a"'))
+    wait_until(lambda: redis.xlen(keys.job_backlog("j")) == 1, 5, "the first event")
+    redis_server.kill()
+    try:
+        for text in "bcd":
+            on_loop(streams, lambda text=text: publisher.publish("j", "web", b'j|t1|"%s"' % text.encode()))
+            time.sleep(0.3)
+    finally:
+        redis_server.start()
+    fresh = Redis.from_url(redis_server.url)
+    # Redis came back empty: every event still unsent arrives, in order, exactly once.
+    wait_until(lambda: fresh.xlen(keys.job_backlog("j")) == 3, 8, "the held events")
+    assert backlog(fresh, "j") == [(b"2-0", b'j|2|t1|"b"'), (b"3-0", b'j|3|t1|"c"'), (b"4-0", b'j|4|t1|"d"')]
+    fresh.close()
 
 
 def test_a_password_in_the_url_is_used(redis: Redis, redis_server: RedisServer, streams: StreamLoop) -> None:
@@ -76,7 +124,7 @@ def test_a_password_in_the_url_is_used(redis: Redis, redis_server: RedisServer, 
     try:
         publisher = Publisher(redis_server.url.replace("redis://", "redis://:s3cret@"), streams.loop)
         on_loop(streams, lambda: publisher.publish("j", "secured", b"j|p"))
-        wait_until(lambda: received == [("secured", b"j|p")], 5, "the authenticated publish")
+        wait_until(lambda: received == [("secured", b"j|1|p")], 5, "the authenticated publish")
     finally:
         authed = Redis.from_url(redis_server.url, password="s3cret")
         authed.config_set("requirepass", "")
@@ -84,7 +132,7 @@ def test_a_password_in_the_url_is_used(redis: Redis, redis_server: RedisServer, 
 
 
 def test_events_that_cannot_be_published_end_their_job(streams: StreamLoop) -> None:
-    publisher = Publisher(f"redis://127.0.0.1:{free_port()}/0", streams.loop)
+    publisher = Publisher(f"redis://127.0.0.1:{free_port()}/0", streams.loop, retry_s=0.5)
     on_loop(streams, lambda: publisher.publish("doomed", "web", b"doomed|p"))
 
     def raised() -> bool:

@@ -2,7 +2,12 @@
 
 Workers publish every event of a job on the channel of the web process that placed it (several
 events per message, one per line, when they pile up), so a request needs no subscription of its
-own: it registers an inbox here before its job is enqueued.
+own: it registers an inbox here before its job is enqueued. Whatever a lost subscription missed
+is in each job's backlog: after subscribing again the hub puts RESYNC in every inbox, and each
+request replays its job's backlog from the last event it has.
+
+The dispatcher and the ticker are supervised (common.guard): if one dies it is restarted, logged
+and counted; /health reports LOADING while the subscription is down.
 """
 
 from __future__ import annotations
@@ -13,12 +18,13 @@ import threading
 import time
 
 from redis import Redis
-from redis.connection import AbstractConnection
-from redis.exceptions import ConnectionError, RedisError, TimeoutError
+from redis.client import PubSub
+from redis.exceptions import ConnectionError, RedisError
 
 from common import keys
 from common.errors import QueueUnavailable
 from common.events import job_key, split_batch
+from common.guard import start_supervised
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +34,8 @@ _MAX_BACKOFF_S = 2.0
 # without a timer of its own on every wait (one per token was a tenth of the web's CPU).
 TICK_S = 0.25
 TICK = b""
+# Put in every inbox after the subscription came back: replay the job's backlog.
+RESYNC = b"\x00resync"
 
 
 class EventHub:
@@ -39,19 +47,22 @@ class EventHub:
         self._inboxes: dict[bytes, queue.SimpleQueue[bytes]] = {}
         self._lock = threading.Lock()
         self._subscribed = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._ticker: threading.Thread | None = None
+        self._ever_subscribed = False
+        self._started = False
 
     def ensure_running(self, timeout: float = 2.0) -> None:
         """Start the dispatcher once and wait until subscribed; QueueUnavailable if Redis is down."""
-        with self._lock:
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="event-hub", daemon=True)
-                self._thread.start()
-                self._ticker = threading.Thread(target=self._tick, name="event-hub-ticker", daemon=True)
-                self._ticker.start()
-        if not self._subscribed.wait(timeout):
+        if not self.running(timeout):
             raise QueueUnavailable("cannot reach Redis to follow jobs; the runner's queue is unavailable")
+
+    def running(self, timeout: float = 2.0) -> bool:
+        """Start the dispatcher once; whether it is subscribed (waiting up to `timeout` for it)."""
+        with self._lock:
+            if not self._started:
+                self._started = True
+                start_supervised("event-hub", self._run)
+                start_supervised("event-hub-ticker", self._tick)
+        return self._subscribed.wait(timeout)
 
     def register(self, job_id: str) -> queue.SimpleQueue[bytes]:
         """An inbox that receives every event about `job_id` until `unregister`, and a TICK every TICK_S."""
@@ -72,56 +83,47 @@ class EventHub:
     def _run(self) -> None:
         backoff = 0.1
         while True:  # for the life of the process
-            connection = None
+            pubsub = self._redis.pubsub()
             try:
-                connection = self._subscribe()
-                backoff = 0.1
-                self._listen(connection)
+                pubsub.subscribe(self.channel)
+                self._listen(pubsub)
             except (RedisError, OSError) as exc:
                 if self._subscribed.is_set():
                     logger.warning("event hub lost Redis (%s); resubscribing", exc)
+                    backoff = 0.1
                 self._subscribed.clear()
                 time.sleep(backoff)
                 backoff = min(backoff * 2, _MAX_BACKOFF_S)
             finally:
-                if connection is not None:
-                    connection.disconnect()
+                self._subscribed.clear()
+                pubsub.reset()
 
-    def _subscribe(self) -> AbstractConnection:
-        """A dedicated connection subscribed to this process's channel.
-
-        A bare connection rather than redis-py's PubSub object: this loop runs for every event
-        of every stream, and PubSub polls the socket and builds a dict per message.
-        """
-        pool = self._redis.connection_pool
-        # No health checks: on a subscribed connection they would swallow a message.
-        connection: AbstractConnection = pool.connection_class(**{**pool.connection_kwargs, "health_check_interval": 0})
-        connection.connect()
-        connection.send_command("SUBSCRIBE", self.channel)
-        return connection
-
-    def _listen(self, connection: AbstractConnection) -> None:
-        """Dispatch messages until stopped; a silent connection is PINGed, and dropped if still silent."""
+    def _listen(self, pubsub: PubSub) -> None:
+        """Dispatch messages until the connection fails; a silent one is PINGed, and dropped if still silent."""
         unanswered = 0
         while True:
-            try:
-                # push_request: with RESP3, messages are push frames redis-py would otherwise divert.
-                reply = connection.read_response(timeout=_READ_TIMEOUT_S, disconnect_on_error=False, push_request=True)
-            except TimeoutError:
+            message = pubsub.get_message(timeout=_READ_TIMEOUT_S)
+            if message is None:
                 unanswered += 1
                 if unanswered > 2:
-                    raise ConnectionError("Redis stopped answering the event subscription") from None
-                connection.send_command("PING")
+                    raise ConnectionError("Redis stopped answering the event subscription")
+                pubsub.ping()
                 continue
             unanswered = 0
-            if not isinstance(reply, list) or not reply:
-                continue  # the answer to a PING
-            kind = reply[0]
-            if kind == b"message":
-                self._dispatch(reply[2])
-            elif kind == b"subscribe":
-                self._subscribed.set()
-                logger.info("event hub subscribed to %s", self.channel)
+            kind = message["type"]
+            if kind == "message":
+                self._dispatch(message["data"])
+            elif kind == "subscribe":
+                self._on_subscribed()
+
+    def _on_subscribed(self) -> None:
+        self._subscribed.set()
+        logger.info("event hub subscribed to %s", self.channel)
+        if self._ever_subscribed:
+            # Events published while unsubscribed reached only the backlogs: every request replays.
+            for inbox in list(self._inboxes.values()):
+                inbox.put(RESYNC)
+        self._ever_subscribed = True
 
     def _dispatch(self, data: bytes) -> None:
         # A worker sends what piled up for this process in one payload, one event per line.

@@ -18,6 +18,7 @@ from prometheus_client.registry import REGISTRY, Collector
 from redis.exceptions import RedisError
 
 from common.fleet import capacity, read_fleet, worker_deaths
+from common.guard import LISTENERS
 from web.relay import JobTrace
 from web.runtime import Runtime
 
@@ -38,6 +39,9 @@ IN_FLIGHT = Gauge("llm_requests_in_flight", "Requests being answered now (queued
                   multiprocess_mode="livesum")  # fmt: skip
 CANCELLATIONS = Counter("llm_cancellations_total", "Jobs cancelled because the client left", ["model", "phase"])
 BACKEND_ERRORS = Counter("llm_backend_errors_total", "Failed jobs by reason", ["model", "reason"])
+HELPER_RESTARTS = Counter("llm_web_helper_restarts_total", "Web helper loops that died and were restarted",
+                          ["helper"])  # fmt: skip
+LISTENERS.append(lambda helper: HELPER_RESTARTS.labels(helper).inc())
 
 
 def observe(trace: JobTrace) -> None:
@@ -105,10 +109,14 @@ class FleetCollector(Collector):
         pull_size = GaugeMetricFamily(
             "llm_model_pull_total_bytes", "Size of a pull in progress", labels=["worker", "model"]
         )
+        restarts = CounterMetricFamily("llm_worker_helper_restarts", "Worker helper loops that died and were restarted",
+                                       labels=["worker", "helper"])  # fmt: skip
         for record in records:
             slots.add_metric([record.name, record.state], record.slots)
             busy.add_metric([record.name], record.busy)
             switches.add_metric([record.name], record.switches)
+            for helper, count in record.restarts.items():
+                restarts.add_metric([record.name, helper], count)
             for model_id, fit in record.models.items():
                 if fit.pull:
                     pulled.add_metric([record.name, model_id, fit.pull], fit.pull_completed)
@@ -123,6 +131,7 @@ class FleetCollector(Collector):
         yield switches
         yield pulled
         yield pull_size
+        yield restarts
         cap = GaugeMetricFamily(
             "llm_model_capacity_slots", "Slots of ready workers serving the model", labels=["model"]
         )

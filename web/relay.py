@@ -6,6 +6,7 @@ import logging
 import queue
 import time
 import uuid
+from collections import deque
 from dataclasses import dataclass, field
 
 from redis import Redis
@@ -20,11 +21,11 @@ from rq.utils import now
 
 from common import keys
 from common.errors import CapacityError, QueueUnavailable
-from common.events import TERMINAL, Done, Failed, Ping, Started, Tokens, decode
+from common.events import Done, Failed, Ping, Started, Tokens, decode, sequence_of
 from common.fleet import capacity, why_unserved
 from common.jobs import FAILURE_TTL_S, QUEUED_TTL_MARGIN_S, RESULT_TTL_S, GenerateJob
 from web.client import ClientWatch
-from web.hub import TICK
+from web.hub import RESYNC, TICK
 from web.runtime import Runtime
 from web.validation import LLMRequest
 
@@ -108,6 +109,9 @@ class JobRelay:
         self.recorded = False  # set once its metrics and log line are written
         self._queue_deadline = 0.0
         self._last_heard = 0.0
+        self._last_seq = 0  # the job's events are numbered 1, 2, ...; the last one taken
+        self._replay_due = False  # a replay from the backlog failed (Redis away): retry on ticks
+        self._ready: deque[Answer] = deque()
 
     def submit(self) -> None:
         """Check capacity and enqueue; raises CapacityError or QueueUnavailable, answering at once."""
@@ -161,37 +165,39 @@ class JobRelay:
         Timeouts come back as a Failed: waited too long for a slot, worker silent, shutting down.
         """
         assert self._inbox is not None
+        ready = self._ready
         while True:
+            if ready:
+                return ready.popleft()
             raw = self._inbox.get()  # an event, or the hub's TICK every TICK_S
             now = time.monotonic()
             if raw is not TICK:
-                self._last_heard = now
-                event = self._accept(raw, now)
-                if event is not None:
-                    return event
+                self._take(raw, now)
+                continue
+            if self._replay_due:
+                self._replay(now)
+                continue
             failure = self._check(now)
             if failure is not None:
                 return failure
 
     def pending(self) -> list[Answer]:
         """Events that have already arrived, without waiting (to write several in one go)."""
-        events: list[Answer] = []
         if self._inbox is None or self._finished:
+            events = list(self._ready)
+            self._ready.clear()
             return events
         now = time.monotonic()
         while True:
             try:
                 raw = self._inbox.get_nowait()
             except queue.Empty:
-                return events
-            if raw is TICK:
-                continue
-            self._last_heard = now
-            event = self._accept(raw, now)
-            if event is not None:
-                events.append(event)
-                if isinstance(event, TERMINAL):
-                    return events
+                break
+            if raw is not TICK:
+                self._take(raw, now)
+        events = list(self._ready)
+        self._ready.clear()
+        return events
 
     def close(self) -> None:
         """Release the inbox; a job still running is cancelled (its client is gone)."""
@@ -206,6 +212,57 @@ class JobRelay:
             self._inbox = None
         if self.trace.ended_at is None:
             self.trace.ended_at = time.monotonic()
+
+    def _take(self, raw: bytes, now: float) -> None:
+        """Take one message from the inbox: in order, once each, replaying what a gap skipped."""
+        if self._finished:
+            return
+        if raw is RESYNC:
+            self._replay(now)
+            return
+        seq = sequence_of(raw)
+        if seq is not None:
+            if seq <= self._last_seq:
+                return  # already taken (live copy of a replayed event)
+            if seq > self._last_seq + 1:
+                self._replay(now, upto=seq)  # the backlog holds the missed ones, this one included
+                return
+            self._last_seq = seq
+        self._last_heard = now
+        event = self._accept(raw, now)
+        if event is not None:
+            self._ready.append(event)
+
+    def _replay(self, now: float, upto: int = 0) -> None:
+        """Take every event of the backlog after the last one taken; a hole before `upto` ends the job."""
+        try:
+            entries: list[tuple[bytes, dict[bytes, bytes]]] = self.rt.redis.xrange(  # type: ignore[assignment]
+                keys.job_backlog(self.job_id), min=f"{self._last_seq + 1}-0"
+            )
+        except (RedisError, OSError) as exc:
+            if not self._replay_due:
+                logger.warning("job %s: cannot replay its events yet: %s", self.job_id, exc)
+            self._replay_due = True
+            return
+        self._replay_due = False
+        missing = upto
+        for entry_id, fields in entries:
+            if self._finished:
+                return
+            seq = int(entry_id.partition(b"-")[0])
+            if seq != self._last_seq + 1:
+                missing = seq
+                break
+            self._last_seq = seq
+            self._last_heard = now
+            event = self._accept(fields[b"m"], now)
+            if event is not None:
+                self._ready.append(event)
+        if self._finished or missing <= self._last_seq:
+            return
+        msg = f"events {self._last_seq + 1} to {missing - 1} of this job were lost; retry"
+        self._cancel("events lost")
+        self._ready.append(self._finish_failed(msg, "events_lost"))
 
     def _accept(self, raw: bytes, now: float) -> Answer | None:
         try:

@@ -49,7 +49,9 @@ def health(model_id: str | None = None) -> Response:
     """Readiness for go-livepeer's start-up poll."""
     rt = runtime()
     scope = _scope(rt, model_id)
-    return jsonify(answers.health(rt.fleet.view_or_none(), rt.settings, scope.model_id if scope else None))
+    # Without its event subscription this process cannot follow a job: not ready, whatever the fleet.
+    records = rt.fleet.view_or_none() if rt.hub.running(timeout=1.0) else None
+    return jsonify(answers.health(records, rt.settings, scope.model_id if scope else None))
 
 
 @bp.get("/version")

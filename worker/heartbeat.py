@@ -13,6 +13,7 @@ from common import fleet, keys
 from common.errors import BackendError
 from common.events import Ping, encode
 from common.fleet import WorkerRecord
+from common.guard import RESTARTS, supervised
 from worker.active import ActiveJobs
 from worker.gpu import GpuMonitor
 from worker.ollama_admin import OllamaAdmin, normalize_tag
@@ -51,7 +52,8 @@ class Heartbeat:
         # Set when the GPU holds one model at a time: the schedule then decides what it listens on.
         self.schedule: ModelSchedule | None = None
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
+        self._thread = threading.Thread(target=supervised("heartbeat", self._run, stop=self._stop), name="heartbeat",
+                                        daemon=True)  # fmt: skip
         self._lock = threading.Lock()
         self._offloaded_warned: set[str] = set()
 
@@ -73,6 +75,7 @@ class Heartbeat:
             if gpu is not None:
                 self.record.gpu = gpu
             self.record.busy = self.worker.busy if self.worker else 0
+            self.record.restarts = dict(RESTARTS)
             fleet.announce(self.redis, self.record)
 
     def _run(self) -> None:

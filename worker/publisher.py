@@ -3,118 +3,79 @@
 Events are produced on the stream loop (one thread for every Ollama stream of the process) and
 sent by one task on that loop: no thread hand-off before the first token leaves, and the loop
 never blocks on Redis. While one round trip is under way, further events wait; they then leave
-together, one PUBLISH per web process (its channel) holding several events separated by
-newlines (the encoding has none inside). A burst of tokens from hundreds of streams so costs a
-handful of Redis commands, not one each.
+together in one pipeline: each numbered event appended to its job's backlog stream (XADD with
+its sequence number as entry id, the stream capped and expiring), then one PUBLISH per web
+process (its channel) holding several events separated by newlines. A burst of tokens from
+hundreds of streams so costs a handful of round trips, not one each.
 
-The task speaks to Redis on a bare asyncio connection framed by hiredis: PUBLISH is the only
-command, and redis.asyncio's per-command machinery cost about 0.3 ms on the first token's path.
+A round trip that fails (Redis restarting, a network blip) is retried with what piled up since,
+for up to RETRY_S: the numbered events reach the backlog in order, and a web process that missed
+the live copies replays them from it. Only past RETRY_S are a job's events declared lost.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import ssl
+import time
 from typing import Any
 
-import hiredis
-from redis.connection import parse_url
+from redis.asyncio import Redis
+from redis.exceptions import RedisError, ResponseError
 
+from common import keys
 from common.errors import QueueUnavailable
-from common.events import job_key, join_batch
-from common.redis_client import COMMAND_TIMEOUT_S, CONNECT_TIMEOUT_S
+from common.events import job_key, join_batch, sequenced
+from common.guard import count_restart
+from common.redis_client import async_redis
 
 logger = logging.getLogger(__name__)
 
-
-class RedisLink:
-    """One asyncio connection to Redis that sends pipelined PUBLISHes and reads their replies."""
-
-    def __init__(self, url: str) -> None:
-        self._options: dict[str, Any] = parse_url(url)
-        self._tls = url.startswith("rediss://")
-        self._reader: asyncio.StreamReader | None = None
-        self._writer: asyncio.StreamWriter | None = None
-        self._replies = hiredis.Reader()
-
-    async def publish(self, items: list[tuple[str, bytes]]) -> None:
-        """PUBLISH each (channel, message) in one round trip; raises OSError or ValueError on failure."""
-        try:
-            if self._writer is None:
-                await self._connect()
-            await self._call([(b"PUBLISH", channel.encode(), message) for channel, message in items])
-        except BaseException:
-            self.close()
-            raise
-
-    def close(self) -> None:
-        """Drop the connection (the next publish reconnects)."""
-        if self._writer is not None:
-            self._writer.close()
-        self._reader = self._writer = None
-        self._replies = hiredis.Reader()
-
-    async def _connect(self) -> None:
-        options = self._options
-        if "path" in options:
-            opening = asyncio.open_unix_connection(options["path"])
-        else:
-            context = None
-            if self._tls:
-                context = ssl.create_default_context()
-                if str(options.get("ssl_cert_reqs", "")).lower() in ("none", "cert_none"):
-                    context.check_hostname = False
-                    context.verify_mode = ssl.CERT_NONE
-            opening = asyncio.open_connection(options.get("host", "localhost"), options.get("port", 6379), ssl=context)
-        self._reader, self._writer = await asyncio.wait_for(opening, CONNECT_TIMEOUT_S)
-        if options.get("password"):
-            auth = [b"AUTH", options["password"].encode()]
-            if options.get("username"):
-                auth.insert(1, options["username"].encode())
-            await self._call([tuple(auth)])
-
-    async def _call(self, commands: list[tuple[bytes, ...]]) -> None:
-        assert self._reader is not None and self._writer is not None
-        self._writer.write(b"".join(hiredis.pack_command(command) for command in commands))  # type: ignore[arg-type]
-        pending = len(commands)
-        while pending:
-            reply = self._replies.gets()
-            if reply is False:
-                data = await asyncio.wait_for(self._reader.read(65536), COMMAND_TIMEOUT_S)
-                if not data:
-                    raise ConnectionResetError("Redis closed the connection")
-                self._replies.feed(data)
-                continue
-            if isinstance(reply, hiredis.ReplyError):
-                raise ValueError(f"Redis refused: {reply}")
-            pending -= 1
+# A job's backlog keeps this many events (a reader further behind than that fails loudly) and
+# lives this long after its last event (long enough for any reader to replay, short enough to go).
+BACKLOG_MAXLEN = 20_000
+BACKLOG_TTL_S = 120
+RETRY_S = 10.0
+_RETRY_PAUSE_S = 0.2
+_RESTART_PAUSE_S = 0.5
 
 
 class Publisher:
-    """Batches events per channel and publishes them from a task on `loop`."""
+    """Numbers, batches and publishes job events from a task on `loop`, supervised."""
 
-    def __init__(self, redis_url: str, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, redis_url: str, loop: asyncio.AbstractEventLoop, *, retry_s: float = RETRY_S) -> None:
         self._loop = loop
-        self._link = RedisLink(redis_url)
-        self._pending: dict[str, list[bytes]] = {}
+        self._url = redis_url
+        self._retry_s = retry_s
+        self._pending: dict[str, list[bytes]] = {}  # channel → messages
+        self._backlog: dict[str, list[tuple[int, bytes]]] = {}  # job id → (seq, message)
+        self._seq: dict[str, int] = {}  # job id → last sequence number given
         self._lost: dict[str, str] = {}  # job id → why its events were lost
         self._wakeup: asyncio.Event | None = None
         self._sending = False
-        asyncio.run_coroutine_threadsafe(self._run(), loop)
+        self._failing_since: float | None = None
+        asyncio.run_coroutine_threadsafe(self._supervise(), loop)
 
     def publish(self, job_id: str, channel: str, message: bytes) -> None:
-        """Queue one event of `job_id` for `channel` (on the loop's thread only).
+        """Number and queue one event of `job_id` for `channel` (on the loop's thread only).
 
         Raises QueueUnavailable if events of this job could not be published earlier.
         """
         lost = self._lost.get(job_id)
         if lost is not None:
             raise QueueUnavailable(f"events of this job could not be published: {lost}")
+        seq = self._seq.get(job_id, 0) + 1
+        self._seq[job_id] = seq
+        message = sequenced(message, seq)
+        entries = self._backlog.get(job_id)
+        if entries is None:
+            self._backlog[job_id] = [(seq, message)]
+        else:
+            entries.append((seq, message))
         self._add(channel, message)
 
     def publish_threadsafe(self, channel: str, message: bytes) -> None:
-        """Queue one event from any other thread (the heartbeat's pings)."""
+        """Queue one unnumbered event (a ping) from any other thread (the heartbeat's)."""
         self._loop.call_soon_threadsafe(self._add, channel, message)
 
     def flush(self, timeout: float = 2.0) -> None:
@@ -132,6 +93,7 @@ class Publisher:
     def forget(self, job_id: str) -> None:
         """Drop what is known about a finished job."""
         self._lost.pop(job_id, None)
+        self._seq.pop(job_id, None)
 
     def _add(self, channel: str, message: bytes) -> None:
         queued = self._pending.get(channel)
@@ -142,22 +104,81 @@ class Publisher:
         if self._wakeup is not None:
             self._wakeup.set()
 
-    async def _run(self) -> None:
+    async def _supervise(self) -> None:
+        """Run the sending loop for the life of the loop; restart it, counted and logged, if it dies."""
+        while True:
+            redis = async_redis(self._url)
+            try:
+                await self._run(redis)
+            except Exception:  # not CancelledError: the loop is stopping with the process
+                logger.exception("the event publisher failed; restarting it")
+                self._sending = False
+                count_restart("publisher")
+                await _close(redis)
+                await asyncio.sleep(_RESTART_PAUSE_S)
+
+    async def _run(self, redis: Redis) -> None:
         self._wakeup = wakeup = asyncio.Event()
+        if self._pending:
+            wakeup.set()
         while True:
             await wakeup.wait()
             wakeup.clear()
             batch, self._pending = self._pending, {}
-            if not batch:
+            backlog, self._backlog = self._backlog, {}
+            if not batch and not backlog:
                 continue
             self._sending = True
             try:
-                await self._link.publish([(channel, join_batch(messages)) for channel, messages in batch.items()])
-            except (OSError, ValueError) as exc:
-                # Those jobs' clients miss events: each job learns it at its next publish and ends.
-                logger.error("publishing job events failed: %s", exc or type(exc).__name__)
-                for messages in batch.values():
-                    for message in messages:
-                        self._lost[job_key(message).decode()] = str(exc) or type(exc).__name__
+                await _send(redis, batch, backlog)
+                self._failing_since = None
+            except (RedisError, OSError) as exc:
+                self._retry_or_drop(batch, backlog, str(exc) or type(exc).__name__)
+                await asyncio.sleep(_RETRY_PAUSE_S)
             finally:
                 self._sending = False
+
+    def _retry_or_drop(self, batch: dict[str, list[bytes]], backlog: dict[str, list[tuple[int, bytes]]],
+                       why: str) -> None:  # fmt: skip
+        """Put a failed batch back before what piled up since, or give its jobs up past RETRY_S."""
+        now = time.monotonic()
+        if self._failing_since is None:
+            self._failing_since = now
+            logger.warning("publishing job events failed (%s); retrying for up to %g s", why, self._retry_s)
+        if now - self._failing_since < self._retry_s:
+            for channel, messages in batch.items():
+                self._pending[channel] = messages + self._pending.get(channel, [])
+            for job_id, entries in backlog.items():
+                self._backlog[job_id] = entries + self._backlog.get(job_id, [])
+            if self._wakeup is not None:
+                self._wakeup.set()
+            return
+        # Those jobs' clients miss events: each job learns it at its next publish and ends.
+        logger.error("publishing job events failed for %g s: %s; their jobs end", self._retry_s, why)
+        for messages in batch.values():
+            for message in messages:
+                self._lost[job_key(message).decode()] = why
+
+
+async def _send(redis: Redis, batch: dict[str, list[bytes]], backlog: dict[str, list[tuple[int, bytes]]]) -> None:
+    """One pipeline: backlog appends first (so a reader that sees a gap finds them), then the PUBLISHes."""
+    pipe = redis.pipeline(transaction=False)
+    for job_id, entries in backlog.items():
+        key = keys.job_backlog(job_id)
+        for seq, message in entries:
+            pipe.xadd(key, {"m": message}, id=f"{seq}-0", maxlen=BACKLOG_MAXLEN, approximate=True)
+        pipe.expire(key, BACKLOG_TTL_S)
+    for channel, messages in batch.items():
+        pipe.publish(channel, join_batch(messages))
+    results: list[Any] = await pipe.execute(raise_on_error=False)
+    for result in results:
+        # A retried batch may hold entries the backlog already has (their reply was lost).
+        if isinstance(result, ResponseError) and "equal or smaller" not in str(result):
+            raise result
+
+
+async def _close(redis: Redis) -> None:
+    try:
+        await redis.aclose()
+    except (RedisError, OSError) as exc:
+        logger.debug("closing the publisher's Redis client: %s", exc)
