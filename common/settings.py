@@ -59,6 +59,11 @@ class Settings:
     # Prompts in Redis: kept this long after a job ends, or (drop_prompts_at_start) not past its start.
     prompt_retention_s: float = 60.0
     drop_prompts_at_start: bool = False
+    # Web connections: open ones per web process (past it a new one is answered and closed), how
+    # long a new connection may take to send its request head, how long a send may block.
+    max_connections: int = 2000
+    header_timeout_s: float = 10.0
+    send_timeout_s: float = 30.0
     log_level: str = "INFO"
 
     @property
@@ -114,6 +119,9 @@ class Settings:
             shutdown_grace_s=env.number("SHUTDOWN_GRACE_S", cls.shutdown_grace_s, low=0.0),
             prompt_retention_s=env.number("PROMPT_RETENTION_S", cls.prompt_retention_s, low=0.0),
             drop_prompts_at_start=env.boolean("DROP_PROMPTS_AT_START", cls.drop_prompts_at_start),
+            max_connections=env.integer("MAX_CONNECTIONS", cls.max_connections, low=1),
+            header_timeout_s=env.number("HEADER_TIMEOUT_S", cls.header_timeout_s, low=0.1),
+            send_timeout_s=env.number("SEND_TIMEOUT_S", cls.send_timeout_s, low=0.1),
             log_level=env.choice("LOG_LEVEL", cls.log_level, ("DEBUG", "INFO", "WARNING", "ERROR")),
         )
 

@@ -5,7 +5,11 @@ and what the fake Ollama saw."""
 from __future__ import annotations
 
 import json
+import socket
+import threading
 import time
+from collections.abc import Iterator
+from urllib.parse import urlsplit
 
 import pytest
 from redis import Redis
@@ -15,6 +19,7 @@ from tests.conftest import RedisServer
 from tests.fake_ollama import FakeOllama
 from tests.golivepeer import read_stream
 from tests.rawclient import RawRequest
+from tests.redisproxy import RedisProxy
 from tests.stack import Stack, wait_until
 from tests.test_faults import assert_nothing_lingers, body, only_job, record_for, start
 
@@ -63,11 +68,24 @@ def test_redis_restarted_empty_serves_again_within_seconds(
     start(stack, fake_ollama, web_env={"QUEUE_TIMEOUT_S": 30})
     assert call("POST", f"{stack.web_url}/llm", json=body()).status_code == 200
     redis_server.kill()
+    outage = time.monotonic()
+    during: list[tuple[float, int]] = []
+
+    def ask_during_the_outage() -> None:
+        asked = time.monotonic()
+        response = call("POST", f"{stack.web_url}/llm", json=body("during"), timeout=40)
+        during.append((time.monotonic() - asked, response.status_code))
+
+    asker = threading.Thread(target=ask_during_the_outage)
     try:
-        time.sleep(1.0)
+        asker.start()
+        time.sleep(2.0)
     finally:
         redis_server.start()  # the same port, nothing in it: no fleet, no RQ workers, no queues
     back = time.monotonic()
+    asker.join(40)
+    # Answered at once (500) or served: never held past the outage plus a few seconds.
+    assert during and during[0][0] < (back - outage) + 5 and during[0][1] in (200, 500), during
     # The first request after the restart is answered at once: served, or refused with a reason.
     response = call("POST", f"{stack.web_url}/llm", json=body("first after"), timeout=40)
     assert time.monotonic() - back < 5, f"the first request after the restart took {time.monotonic() - back:.1f} s"
@@ -83,3 +101,145 @@ def test_redis_restarted_empty_serves_again_within_seconds(
     finally:
         fresh.close()
     assert record_for(fake_ollama, "served") is not None
+
+
+def idle_connections(url: str, count: int) -> list[socket.socket]:
+    """`count` TCP connections to the web that never send a byte."""
+    parts = urlsplit(url)
+    return [socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 80)) for _ in range(count)]
+
+
+def test_a_thousand_idle_connections_do_not_break_requests(stack: Stack, fake_ollama: FakeOllama) -> None:
+    fake_ollama.set_behavior("*", reply_tokens=3, tokens_per_s=20)
+    start(stack, fake_ollama)
+    idle = idle_connections(stack.web_url, 1100)  # the web's next sockets are past FD_SETSIZE (1024)
+    try:
+        response = call("POST", f"{stack.web_url}/llm", json=body("past the fd limit"), timeout=15)
+        assert response.status_code == 200, response.text
+        assert response.json()["choices"][0]["message"]["content"] == "past the fd "
+        stream = RawRequest(f"{stack.web_url}/llm", body("streamed past", stream=True))
+        stream.read_all(timeout=15)
+        result = read_stream(stream.body_lines())
+        assert result.finish_reason == "stop" and result.text == "streamed past streamed "
+    finally:
+        for sock in idle:
+            sock.close()
+    record = record_for(fake_ollama, "past the fd limit")
+    assert record is not None and record.outcome == "done"
+
+
+def test_idle_connections_are_capped_and_timed_out(stack: Stack, fake_ollama: FakeOllama) -> None:
+    fake_ollama.set_behavior("*", reply_tokens=2)
+    start(stack, fake_ollama, web_env={"MAX_CONNECTIONS": 20, "HEADER_TIMEOUT_S": 1})
+    idle = idle_connections(stack.web_url, 20)
+    try:
+        wait_until(lambda: over_the_cap(stack.web_url), 5, "a connection over the cap answered")
+        # The idle ones are closed by the web once they sent no request head for HEADER_TIMEOUT_S.
+        for sock in idle:
+            sock.settimeout(5)
+            assert sock.recv(1) == b""
+        response = call("POST", f"{stack.web_url}/llm", json=body(), timeout=5)
+        assert response.status_code == 200
+    finally:
+        for sock in idle:
+            sock.close()
+
+
+def over_the_cap(url: str) -> bool:
+    """Whether a new connection is answered at once with a capacity refusal."""
+    with idle_connections(url, 1)[0] as sock:
+        sock.settimeout(2)
+        answer = b""
+        while chunk := sock.recv(4096):
+            answer += chunk
+    head, _, payload = answer.partition(b"\r\n\r\n")
+    return head.startswith(b"HTTP/1.1 500") and "insufficient capacity" in json.loads(payload)["detail"]["msg"]
+
+
+def test_a_client_that_stops_reading_is_dropped_and_its_job_cancelled(
+    stack: Stack, fake_ollama: FakeOllama, redis: Redis
+) -> None:
+    # 2 kB tokens at 400/s fill the socket buffers in seconds; the whole answer would take 20 s.
+    fake_ollama.set_behavior("*", tokens=["x" * 2000] * 8000, tokens_per_s=400)
+    start(stack, fake_ollama, web_env={"SEND_TIMEOUT_S": 1})
+    parts = urlsplit(stack.web_url)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect((parts.hostname or "127.0.0.1", parts.port or 80))
+    payload = json.dumps(body("never read", stream=True)).encode()
+    sock.sendall(b"POST /llm HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: %d\r\n\r\n%s" % (len(payload), payload))  # fmt: skip
+    try:
+        assert fake_ollama.wait_for(lambda f: record_for(f, "never read") is not None)
+        job_id = only_job(redis, "started")
+        assert fake_ollama.wait_for(lambda f: record_for(f, "never read").outcome == "cancelled", 20)  # type: ignore[union-attr]
+        record = record_for(fake_ollama, "never read")
+        assert record is not None and record.tokens_sent < 8000
+        wait_until(lambda: redis.hget(f"rq:job:{job_id}", "status") == b"canceled", 5, "the job recorded as canceled")
+        assert_nothing_lingers(redis, job_id)
+    finally:
+        sock.close()
+
+
+@pytest.fixture
+def proxy(redis_server: RedisServer) -> Iterator[RedisProxy]:
+    """A proxy in front of the session's Redis, for the runner's processes to connect through."""
+    in_front = RedisProxy(redis_server.port)
+    yield in_front
+    in_front.close()
+
+
+# The web's event subscription, and the worker's connection publishing events, as the proxy sees them.
+HUB = (b"SUBSCRIBE", b"llmrunner:events:")
+PUBLISHER = (b"PUBLISH", b"llmrunner:events:")
+
+
+def served(stack: Stack, prompt: str) -> bool:
+    """Whether a request is answered 200 with the fake's reply (two words of the prompt)."""
+    response = call("POST", f"{stack.web_url}/llm", json=body(prompt), timeout=15)
+    return response.status_code == 200 and response.json()["choices"][0]["message"]["content"] == prompt + " "
+
+
+def test_a_garbled_reply_does_not_stop_the_workers_events(
+    stack: Stack, fake_ollama: FakeOllama, proxy: RedisProxy
+) -> None:
+    fake_ollama.set_behavior("*", reply_tokens=1)
+    start(stack, fake_ollama, web_env={"REDIS_URL": proxy.url}, REDIS_URL=proxy.url)
+    assert served(stack, "before")
+    # Not RESP at all: hiredis raises its ProtocolError on it.
+    assert proxy.inject(PUBLISHER, b"?garbled\r\n") >= 1
+    asked = time.monotonic()
+    for i in range(3):
+        assert served(stack, f"after{i}")
+    assert time.monotonic() - asked < 5
+    assert record_for(fake_ollama, "after2") is not None
+
+
+def test_a_dead_event_hub_is_restarted_counted_and_reported(
+    stack: Stack, fake_ollama: FakeOllama, proxy: RedisProxy
+) -> None:
+    fake_ollama.set_behavior("*", reply_tokens=1)
+    start(stack, fake_ollama, web_env={"REDIS_URL": proxy.url}, REDIS_URL=proxy.url)
+    web = stack.processes[0]
+    assert served(stack, "before")
+    # A well-formed pub/sub message the hub cannot read: its payload is an integer.
+    assert proxy.inject(HUB, b"*3\r\n$7\r\nmessage\r\n$1\r\nx\r\n:1\r\n") == 1
+    asked = time.monotonic()
+    wait_until(lambda: served(stack, "restarted"), 5, "served by a restarted hub")
+    assert time.monotonic() - asked < 5
+    assert "event-hub died; restarting it" in web.output()
+    metrics = call("GET", f"{stack.web_url}/metrics").text
+    assert 'llm_web_helper_restarts_total{helper="event-hub"} 1.0' in metrics
+    # While the hub cannot subscribe, the web says it is not ready and refuses jobs at once.
+    proxy.refuse(HUB)
+    wait_until(lambda: call("GET", f"{stack.web_url}/health", timeout=5).json()["status"] == "LOADING", 5,
+               "/health LOADING without the subscription")  # fmt: skip
+    asked = time.monotonic()
+    response = call("POST", f"{stack.web_url}/llm", json=body("refused"), timeout=15)
+    assert time.monotonic() - asked < 5
+    assert response.status_code == 500 and "unavailable" in response.json()["detail"]["msg"]
+    assert record_for(fake_ollama, "refused") is None
+    proxy.allow()
+    wait_until(lambda: call("GET", f"{stack.web_url}/health", timeout=5).json()["status"] == "OK", 5,
+               "/health OK again")  # fmt: skip
+    assert served(stack, "again")

@@ -81,7 +81,11 @@ def child_exit(server: Any, worker: Any) -> None:
 
 
 def post_worker_init(worker: Any) -> None:
-    """Make SIGTERM start the app's drain before gunicorn stops accepting connections."""
+    """Bound the worker's connections; make SIGTERM start the app's drain before gunicorn stops
+    accepting connections."""
+    from web.connections import bound_connections
+
+    bound_connections(worker, _settings.max_connections, _settings.header_timeout_s)
     original = worker.handle_exit
 
     def handle_exit(sig: int, frame: FrameType | None) -> None:

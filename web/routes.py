@@ -112,6 +112,7 @@ def llm(model_id: str | None = None) -> Response:
             raise _error(first)
         completion = Completion.new(req.model.model_id)
         if req.stream:
+            relay.watch.bound_sends(rt.settings.send_timeout_s)
             body = _Stream(relay, completion, first)
             response = Response(body, status=200, content_type="text/event-stream", headers=SSE_HEADERS)
         else:
@@ -140,6 +141,7 @@ def _finish(relay: JobRelay) -> None:
         return
     relay.recorded = True
     relay.close()
+    relay.watch.unbound_sends()
     metrics.IN_FLIGHT.labels(relay.trace.model_id).dec()
     metrics.observe(relay.trace)
     report(relay.trace)

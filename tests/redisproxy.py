@@ -1,0 +1,116 @@
+"""A TCP proxy in front of a real redis-server that can corrupt or refuse chosen connections.
+
+A connection is chosen by what its client sent (every one of some markers: a command name, a
+channel): `inject` writes raw
+bytes to the clients of the chosen connections, as a broken or hostile network path would, and
+`refuse` closes every chosen connection, now and whenever one is made again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+from dataclasses import dataclass, field
+
+from tests.stack import free_port
+
+
+@dataclass(eq=False)
+class _Link:
+    client: socket.socket
+    server: socket.socket
+    sent: bytearray = field(default_factory=bytearray)  # what the client sent (first 64 kB)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def close(self) -> None:
+        for sock in (self.client, self.server):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+
+class RedisProxy:
+    """Listens on a free port and forwards every connection to `target_port`."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self._listener = socket.create_server(("127.0.0.1", self.port))
+        self._links: list[_Link] = []
+        self._refused: list[tuple[bytes, ...]] = []
+        self._lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def inject(self, markers: tuple[bytes, ...], data: bytes) -> int:
+        """Send `data` to every client that sent all `markers`; how many got it."""
+        chosen = self._chosen(markers)
+        for link in chosen:
+            with link.lock:
+                link.client.sendall(data)
+        return len(chosen)
+
+    def refuse(self, markers: tuple[bytes, ...]) -> None:
+        """Close every connection whose client sent all `markers`, now and from now on."""
+        with self._lock:
+            self._refused.append(markers)
+        for link in self._chosen(markers):
+            link.close()
+
+    def allow(self) -> None:
+        """Stop refusing."""
+        with self._lock:
+            self._refused.clear()
+
+    def close(self) -> None:
+        """Stop listening and cut every connection."""
+        self._listener.close()
+        with self._lock:
+            links, self._links = self._links, []
+        for link in links:
+            link.close()
+
+    def _chosen(self, markers: tuple[bytes, ...]) -> list[_Link]:
+        with self._lock:
+            return [link for link in self._links if _sent_all(link, markers)]
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+                server = socket.create_connection(("127.0.0.1", self.target_port))
+            except OSError:
+                return
+            link = _Link(client, server)
+            with self._lock:
+                self._links.append(link)
+            threading.Thread(target=self._upstream, args=(link,), daemon=True).start()
+            threading.Thread(target=self._downstream, args=(link,), daemon=True).start()
+
+    def _upstream(self, link: _Link) -> None:
+        try:
+            while data := link.client.recv(65536):
+                if len(link.sent) < 65536:
+                    link.sent += data
+                with self._lock:
+                    refused = any(_sent_all(link, markers) for markers in self._refused)
+                if refused:
+                    break
+                link.server.sendall(data)
+        except OSError:
+            pass
+        link.close()
+
+    def _downstream(self, link: _Link) -> None:
+        try:
+            while data := link.server.recv(65536):
+                with link.lock:
+                    link.client.sendall(data)
+        except OSError:
+            pass
+        link.close()
+
+
+def _sent_all(link: _Link, markers: tuple[bytes, ...]) -> bool:
+    return all(marker in link.sent for marker in markers)
