@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from redis import BlockingConnectionPool, Redis
-from redis.asyncio import Redis as AsyncRedis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
@@ -30,14 +29,3 @@ def make_redis(url: str, *, max_connections: int, command_timeout_s: float = COM
         retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=1),
     )
     return Redis(connection_pool=pool)
-
-
-def async_redis(url: str) -> AsyncRedis:
-    """An asyncio client for `url` (hiredis-parsed when installed) with the same timeouts."""
-    return AsyncRedis.from_url(
-        url,
-        socket_connect_timeout=CONNECT_TIMEOUT_S,
-        socket_timeout=COMMAND_TIMEOUT_S,
-        socket_keepalive=True,
-        health_check_interval=15,
-    )

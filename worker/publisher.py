@@ -18,16 +18,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
 
-from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
 from common import keys
 from common.errors import QueueUnavailable
 from common.events import job_key, join_batch, sequenced
 from common.guard import count_restart
-from common.redis_client import async_redis
+from worker.redis_link import Command, RedisLink
 
 logger = logging.getLogger(__name__)
 
@@ -107,17 +105,17 @@ class Publisher:
     async def _supervise(self) -> None:
         """Run the sending loop for the life of the loop; restart it, counted and logged, if it dies."""
         while True:
-            redis = async_redis(self._url)
+            link = RedisLink(self._url)
             try:
-                await self._run(redis)
+                await self._run(link)
             except Exception:  # not CancelledError: the loop is stopping with the process
                 logger.exception("the event publisher failed; restarting it")
                 self._sending = False
                 count_restart("publisher")
-                await _close(redis)
+                await _close(link)
                 await asyncio.sleep(_RESTART_PAUSE_S)
 
-    async def _run(self, redis: Redis) -> None:
+    async def _run(self, link: RedisLink) -> None:
         self._wakeup = wakeup = asyncio.Event()
         if self._pending:
             wakeup.set()
@@ -130,7 +128,7 @@ class Publisher:
                 continue
             self._sending = True
             try:
-                await _send(redis, batch, backlog)
+                await _send(link, batch, backlog)
                 self._failing_since = None
             except (RedisError, OSError) as exc:
                 self._retry_or_drop(batch, backlog, str(exc) or type(exc).__name__)
@@ -160,25 +158,24 @@ class Publisher:
                 self._lost[job_key(message).decode()] = why
 
 
-async def _send(redis: Redis, batch: dict[str, list[bytes]], backlog: dict[str, list[tuple[int, bytes]]]) -> None:
-    """One pipeline: backlog appends first (so a reader that sees a gap finds them), then the PUBLISHes."""
-    pipe = redis.pipeline(transaction=False)
+async def _send(link: RedisLink, batch: dict[str, list[bytes]], backlog: dict[str, list[tuple[int, bytes]]]) -> None:
+    """One round trip: backlog appends first (so a reader that sees a gap finds them), then the PUBLISHes."""
+    commands: list[Command] = []
     for job_id, entries in backlog.items():
         key = keys.job_backlog(job_id)
         for seq, message in entries:
-            pipe.xadd(key, {"m": message}, id=f"{seq}-0", maxlen=BACKLOG_MAXLEN, approximate=True)
-        pipe.expire(key, BACKLOG_TTL_S)
+            commands.append(("XADD", key, "MAXLEN", "~", BACKLOG_MAXLEN, f"{seq}-0", "m", message))
+        commands.append(("EXPIRE", key, BACKLOG_TTL_S))
     for channel, messages in batch.items():
-        pipe.publish(channel, join_batch(messages))
-    results: list[Any] = await pipe.execute(raise_on_error=False)
-    for result in results:
+        commands.append(("PUBLISH", channel, join_batch(messages)))
+    for reply in await link.call(commands):
         # A retried batch may hold entries the backlog already has (their reply was lost).
-        if isinstance(result, ResponseError) and "equal or smaller" not in str(result):
-            raise result
+        if isinstance(reply, ResponseError) and "equal or smaller" not in str(reply):
+            raise reply
 
 
-async def _close(redis: Redis) -> None:
+async def _close(link: RedisLink) -> None:
     try:
-        await redis.aclose()
+        await link.close()
     except (RedisError, OSError) as exc:
-        logger.debug("closing the publisher's Redis client: %s", exc)
+        logger.debug("closing the publisher's Redis connection: %s", exc)
