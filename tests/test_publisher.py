@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from redis import Redis
@@ -17,6 +18,7 @@ from redis.exceptions import ConnectionError
 
 from common import keys
 from common.errors import QueueUnavailable
+from common.guard import RESTARTS
 from tests.conftest import RedisServer
 from tests.stack import free_port, wait_until
 from worker.ollama_stream import StreamLoop
@@ -177,3 +179,25 @@ def test_tls_and_a_password_are_used(tmp_path: Path, streams: StreamLoop) -> Non
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_a_publisher_loop_that_crashes_is_restarted_and_loses_nothing(
+    redis: Redis, redis_server: RedisServer, streams: StreamLoop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from worker import publisher as module
+
+    real_send, calls = module._send, []
+
+    async def crashing_once(*args: Any) -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise KeyError("a bug")
+        await real_send(*args)
+
+    monkeypatch.setattr(module, "_send", crashing_once)
+    before = RESTARTS["publisher"]
+    received, _ = listen(redis, "web")
+    publisher = Publisher(redis_server.url, streams.loop)
+    on_loop(streams, lambda: publisher.publish("j", "web", b'j|t1|"kept"'))
+    wait_until(lambda: received == [("web", b'j|1|t1|"kept"')], 5, "the event, after the restart")
+    assert RESTARTS["publisher"] == before + 1

@@ -133,6 +133,9 @@ class Publisher:
             except (RedisError, OSError) as exc:
                 self._retry_or_drop(batch, backlog, str(exc) or type(exc).__name__)
                 await asyncio.sleep(_RETRY_PAUSE_S)
+            except Exception as exc:  # a bug: keep the batch for the restarted loop
+                self._retry_or_drop(batch, backlog, repr(exc))
+                raise
             finally:
                 self._sending = False
 
