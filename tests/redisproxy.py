@@ -43,9 +43,9 @@ class RedisProxy:
         self._lock = threading.Lock()
         threading.Thread(target=self._accept, daemon=True).start()
 
-    def inject(self, markers: tuple[bytes, ...], data: bytes) -> int:
-        """Send `data` to every client that sent all `markers`; how many got it."""
-        chosen = self._chosen(markers)
+    def inject(self, markers: tuple[bytes, ...], data: bytes, *, unless: bytes | None = None) -> int:
+        """Send `data` to every client that sent all `markers` (and not `unless`); how many got it."""
+        chosen = [link for link in self._chosen(markers) if unless is None or unless not in link.sent]
         for link in chosen:
             with link.lock:
                 link.client.sendall(data)
