@@ -76,6 +76,10 @@ class WorkerRecord:
     updated: float = 0.0
     # helper loop → times it died and was restarted in this worker process (common.guard)
     restarts: dict[str, int] = field(default_factory=dict)
+    # The engine: "ollama" (ollama_url) or "openai" (an OpenAI-compatible server at engine_url).
+    backend: str = "ollama"
+    engine_url: str = ""
+    engine_note: str = ""
 
     def can_serve(self, model_id: str) -> bool:
         """Whether the model is installed on this worker's Ollama and fits its GPU."""

@@ -69,8 +69,12 @@ class ModelSpec:
     tag: str
 
 
-def parse_models(value: str, *, name: str = "MODELS") -> tuple[ModelSpec, ...]:
-    """Parse `id=tag, id, ...` (an entry without `=` takes its tag from WELL_KNOWN_TAGS)."""
+def parse_models(value: str, *, name: str = "MODELS", served_as_id: bool = False) -> tuple[ModelSpec, ...]:
+    """Parse `id=tag, id, ...` (an entry without `=` takes its tag from WELL_KNOWN_TAGS).
+
+    With `served_as_id` (an OpenAI-compatible engine, which vLLM and SGLang serve under the Hugging
+    Face id by default), an entry without `=` is served under its own id.
+    """
     specs: list[ModelSpec] = []
     seen: set[str] = set()
     for raw in value.split(","):
@@ -78,7 +82,9 @@ def parse_models(value: str, *, name: str = "MODELS") -> tuple[ModelSpec, ...]:
         if not entry:
             continue
         model_id, sep, tag = (part.strip() for part in entry.partition("="))
-        if not sep:
+        if not sep and served_as_id:
+            tag = model_id
+        elif not sep:
             if model_id not in WELL_KNOWN_TAGS:
                 raise ConfigError(
                     f"{name}: {model_id!r} is not a well-known model; give its Ollama tag as '{model_id}=<ollama tag>'"

@@ -23,13 +23,17 @@ class Settings:
     redis_url: str = "redis://localhost:6379/0"
     port: int = 8000
     ollama_url: str = "http://localhost:11434"
+    # The worker's engine: Ollama's native API (OLLAMA_URL), or any OpenAI-compatible server.
+    backend: str = "ollama"
+    openai_base_url: str | None = None
+    openai_api_key: str | None = None
     auth_token: str | None = None
     metrics_token: str | None = None
     models: tuple[ModelSpec, ...] = field(default_factory=lambda: parse_models(DEFAULT_MODELS))
     # Back-pressure: jobs waiting per model (None: twice the fleet's slots for it, at least 4).
     max_queue: int | None = None
     queue_timeout_s: float = 30.0
-    # Worker: its GPU, its Ollama's parallel slots and what it believes about VRAM.
+    # Worker: its GPU, how many requests it sends its engine at once, what it believes about VRAM.
     slots: int = 1
     gpu_index: int = 0
     vram_mb: int | None = None
@@ -88,16 +92,25 @@ class Settings:
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
         """Read every setting from `environ`; a bad value raises ConfigError naming its variable."""
         env = _Env(environ)
+        backend = env.choice("BACKEND", cls.backend.upper(), ("OLLAMA", "OPENAI")).lower()
+        openai_base_url = env.text("OPENAI_BASE_URL") or None
+        if openai_base_url is not None:
+            openai_base_url = env.url("OPENAI_BASE_URL", "", schemes=("http", "https")).rstrip("/")
+        # SLOTS, else OLLAMA_NUM_PARALLEL (the Ollama setting it mirrors), else 1.
+        slots = env.integer("OLLAMA_NUM_PARALLEL", cls.slots, low=1, high=1024)
         return cls(
             redis_url=env.url("REDIS_URL", cls.redis_url, schemes=("redis", "rediss", "unix")),
             port=env.integer("PORT", cls.port, low=1, high=65535),
-            ollama_url=env.url("OLLAMA_URL", cls.ollama_url, schemes=("http",)).rstrip("/"),
+            ollama_url=env.url("OLLAMA_URL", cls.ollama_url, schemes=("http", "https")).rstrip("/"),
+            backend=backend,
+            openai_base_url=openai_base_url,
+            openai_api_key=env.text("OPENAI_API_KEY") or None,
             auth_token=env.text("AUTH_TOKEN") or None,
             metrics_token=env.text("METRICS_TOKEN") or None,
-            models=parse_models(env.text("MODELS") or DEFAULT_MODELS),
+            models=parse_models(env.text("MODELS") or DEFAULT_MODELS, served_as_id=backend == "openai"),
             max_queue=env.optional_integer("MAX_QUEUE", low=0),
             queue_timeout_s=env.number("QUEUE_TIMEOUT_S", cls.queue_timeout_s, low=0.1),
-            slots=env.integer("OLLAMA_NUM_PARALLEL", cls.slots, low=1, high=1024),
+            slots=env.integer("SLOTS", slots, low=1, high=1024),
             gpu_index=env.integer("GPU_INDEX", cls.gpu_index, low=0),
             vram_mb=env.optional_integer("VRAM_MB", low=1),
             vram_reserve_mb=env.integer("VRAM_RESERVE_MB", cls.vram_reserve_mb, low=0),

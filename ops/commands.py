@@ -83,6 +83,11 @@ def _check_local(settings: Settings, report: Report) -> None:
     else:
         report.warn("no NVIDIA GPU visible through NVML on this host",
                     "run this where the workers run, or set VRAM_MB on CPU-only test machines")  # fmt: skip
+    if settings.backend == "openai":
+        # Not probed from here: a request to an engine that serves one at a time (llama-cpp-python's
+        # server) would interrupt the stream it is generating. Its workers checked it at start.
+        report.ok(f"BACKEND=openai: the engine at {settings.openai_base_url} is checked by its workers at start")
+        return
     admin = OllamaAdmin(settings.ollama_url, timeout=PROBE_TIMEOUT_S)
     try:
         version = admin.version()
@@ -112,7 +117,8 @@ def _check_fleet(settings: Settings, records: list[WorkerRecord], report: Report
     for record in records:
         gpu = _describe_gpu(record)
         line = (
-            f"worker {record.name}: {record.state}, {gpu}, {record.busy}/{record.slots} slots busy, {record.ollama_url}"
+            f"worker {record.name}: {record.state}, {gpu}, {record.busy}/{record.slots} slots busy, "
+            f"{record.backend} at {record.engine_url or record.ollama_url}"
         )
         (report.ok if record.state == READY else report.warn)(line)
         for model_id, fit in record.models.items():
@@ -161,7 +167,8 @@ def ollama_urls(settings: Settings, explicit: list[str] | None) -> list[str]:
         return explicit
     urls = [settings.ollama_url]
     with contextlib.suppress(RedisError, OSError):
-        urls += [r.ollama_url for r in read_fleet(make_redis(settings.redis_url, max_connections=4))]
+        records = read_fleet(make_redis(settings.redis_url, max_connections=4))
+        urls += [r.ollama_url for r in records if r.backend == "ollama" and r.ollama_url]
     return list(dict.fromkeys(urls))
 
 

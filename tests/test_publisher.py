@@ -21,7 +21,7 @@ from common.errors import QueueUnavailable
 from common.guard import RESTARTS
 from tests.conftest import RedisServer
 from tests.stack import free_port, wait_until
-from worker.ollama_stream import StreamLoop
+from worker.http import StreamLoop
 from worker.publisher import BACKLOG_TTL_S, Publisher
 
 

@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass, field
 
 from common.errors import JobCancelled
-from worker.ollama_stream import ChatStream
+from worker.engine_stream import ChatStream
 
 # A cancel that arrives before its job starts here (a race with dequeue) is kept this long.
 EARLY_CANCEL_MEMORY_S = 120.0
@@ -15,7 +15,7 @@ EARLY_CANCEL_MEMORY_S = 120.0
 
 @dataclass
 class Handle:
-    """One running job: where its events go, its Ollama call, and whether it was cancelled."""
+    """One running job: where its events go, its engine call, and whether it was cancelled."""
 
     job_id: str
     reply_to: str
@@ -24,7 +24,7 @@ class Handle:
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def attach(self, stream: ChatStream) -> None:
-        """Bind the job's Ollama call; aborted at once if the job was cancelled meanwhile."""
+        """Bind the job's engine call; aborted at once if the job was cancelled meanwhile."""
         with self._lock:
             self.stream = stream
             reason = self.cancel_reason
@@ -32,7 +32,7 @@ class Handle:
             stream.abort()
 
     def cancel(self, reason: str) -> None:
-        """Cancel the job: its Ollama call is aborted, which stops Ollama generating."""
+        """Cancel the job: its engine call is aborted, which stops the engine generating."""
         with self._lock:
             if self.cancel_reason is None:
                 self.cancel_reason = reason

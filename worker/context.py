@@ -11,7 +11,8 @@ from redis import Redis
 from common.fleet import ModelFit
 from common.settings import Settings
 from worker.active import ActiveJobs
-from worker.ollama_stream import StreamLoop
+from worker.backend import Backend
+from worker.http import StreamLoop
 from worker.publisher import Publisher
 
 
@@ -26,7 +27,8 @@ class WorkerContext:
     active: ActiveJobs
     publisher: Publisher
     streams: StreamLoop
-    # Jobs whose Ollama call already started (worker.jobs.begin), by id.
+    backend: Backend
+    # Jobs whose engine call already started (worker.jobs.begin), by id.
     begun: dict[str, Future[dict[str, Any]]] = field(default_factory=dict)
     # What provisioning learnt about each configured model (its family, context), by model id.
     models: dict[str, ModelFit] = field(default_factory=dict)

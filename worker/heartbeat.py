@@ -10,13 +10,12 @@ from redis import Redis
 from redis.exceptions import RedisError
 
 from common import fleet, keys
-from common.errors import BackendError
 from common.events import Ping, encode
 from common.fleet import WorkerRecord
 from common.guard import RESTARTS, supervised
 from worker.active import ActiveJobs
+from worker.backend import Backend
 from worker.gpu import GpuMonitor
-from worker.ollama_admin import OllamaAdmin, normalize_tag
 from worker.publisher import Publisher
 from worker.routing import listen_order
 from worker.schedule import ModelSchedule
@@ -39,7 +38,7 @@ class Heartbeat:
         record: WorkerRecord,
         gpu: GpuMonitor,
         active: ActiveJobs,
-        admin: OllamaAdmin,
+        backend: Backend,
         publisher: Publisher,
     ) -> None:
         self.redis = redis
@@ -47,7 +46,7 @@ class Heartbeat:
         self.record = record
         self.gpu = gpu
         self.active = active
-        self.admin = admin
+        self.backend = backend
         self.worker: SlotWorker | None = None
         # Set when the GPU holds one model at a time: the schedule then decides what it listens on.
         self.schedule: ModelSchedule | None = None
@@ -55,7 +54,6 @@ class Heartbeat:
         self._thread = threading.Thread(target=supervised("heartbeat", self._run, stop=self._stop), name="heartbeat",
                                         daemon=True)  # fmt: skip
         self._lock = threading.Lock()
-        self._offloaded_warned: set[str] = set()
 
     def start(self) -> None:
         """Announce now and keep announcing in the background."""
@@ -101,21 +99,9 @@ class Heartbeat:
             self.publisher.publish_threadsafe(handle.reply_to, encode(handle.job_id, Ping()))
 
     def refresh_routing(self) -> None:
-        """Note which models Ollama holds, then listen to warm queues first, cold ones only if needed."""
-        try:
-            loaded = self.admin.ps()
-        except BackendError as exc:
-            logger.warning("heartbeat: cannot read Ollama's loaded models: %s", exc.msg)
-            return
-        for fit in self.record.models.values():
-            tag = normalize_tag(fit.tag)
-            fit.loaded = tag in loaded
-            if fit.loaded and loaded[tag].size_vram < loaded[tag].size and tag not in self._offloaded_warned:
-                self._offloaded_warned.add(tag)
-                logger.warning(
-                    "%s is only partly on the GPU (%.2f of %.2f GiB in VRAM): it runs several times slower",
-                    fit.tag, loaded[tag].size_vram / 2**30, loaded[tag].size / 2**30,
-                )  # fmt: skip
+        """Note which models the engine holds (where it may be asked), then listen to warm queues first."""
+        if self.backend.polls:
+            self.backend.refresh_loaded(self.record.models)
         worker = self.worker
         if worker is None:
             return

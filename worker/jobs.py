@@ -1,4 +1,4 @@
-"""The RQ job function: one chat generation on this worker's Ollama, its events published live."""
+"""The RQ job function: one chat generation on this worker's engine, its events published live."""
 
 from __future__ import annotations
 
@@ -17,8 +17,9 @@ from common.events import Done, Failed, Started, encode, encode_tokens
 from common.jobs import GenerateJob
 from worker import context
 from worker.active import Handle
-from worker.ollama_stream import ChatStream
-from worker.ollama_wire import Final, chat_body, parse_lines, reasoning_only, think_value
+from worker.backend import AnswerParser
+from worker.ollama_wire import Final, reasoning_only
+from worker.openai_wire import Interrupted
 
 logger = logging.getLogger(__name__)
 
@@ -28,9 +29,9 @@ SHUTDOWN = "the worker is shutting down"
 
 
 def begin(job_id: str, payload: dict[str, Any]) -> None:
-    """Start a job's Ollama call on the stream loop now; `generate` then waits for it.
+    """Start a job's engine call on the stream loop now; `generate` then waits for it.
 
-    The worker calls this the moment it has taken the job, so the request leaves for Ollama
+    The worker calls this the moment it has taken the job, so the request leaves for the engine
     without waiting for the RQ thread that runs `generate` to be scheduled.
     """
     ctx = context.current()
@@ -67,19 +68,20 @@ def generate(payload: dict[str, Any]) -> dict[str, Any]:
 
 
 class _Relay:
-    """Turns batches of Ollama lines into published Tokens events; remembers the final line."""
+    """Turns batches of the engine's lines into published Tokens events; remembers how it ended."""
 
-    def __init__(self, job_id: str, publish: Callable[[bytes], None]) -> None:
+    def __init__(self, job_id: str, publish: Callable[[bytes], None], parser: AnswerParser) -> None:
         self.job_id = job_id
         self.publish = publish
+        self.parser = parser
         self.relayed = 0
         self.thinking = 0
         self.first_token_at: float | None = None
         self.final: Final | None = None
 
     def on_lines(self, lines: list[bytes]) -> bool:
-        """Publish the tokens in `lines`; True once the final line came. Raises on an error line."""
-        parsed = parse_lines(lines)
+        """Publish the tokens in `lines`; True once the answer is complete. Raises on an error line."""
+        parsed = self.parser.feed(lines)
         texts = parsed.texts
         if texts and self.first_token_at is None:
             self.first_token_at = time.monotonic()
@@ -93,32 +95,23 @@ class _Relay:
         self.final = parsed.final
         return self.final is not None
 
+    def on_end(self) -> None:
+        """The stream closed cleanly before a line completed it: the parser says whether that is an end."""
+        self.final = self.parser.end()
+
 
 async def _relay(job_id: str, spec: GenerateJob, handle: Handle) -> dict[str, Any]:
     ctx = context.current()
-    settings = ctx.settings
 
     def publish(message: bytes) -> None:
         ctx.publisher.publish(job_id, spec.reply_to, message)
 
     began = time.monotonic()
-    relay = _Relay(job_id, publish)
-    fit = ctx.models.get(spec.model_id)
-    num_ctx = fit.num_ctx if fit is not None and fit.num_ctx else settings.num_ctx
-    think = think_value(fit.family if fit is not None else "")
-    stream = ChatStream(
-        ctx.streams,
-        settings.ollama_url,
-        chat_body(spec, num_ctx=num_ctx, keep_alive=settings.keep_alive, think=think),
-        tag=spec.tag,
-        connect_timeout=settings.connect_timeout_s,
-        first_byte_timeout=settings.first_byte_timeout_s,
-        idle_timeout=settings.idle_timeout_s,
-        on_lines=relay.on_lines,
-    )
+    relay = _Relay(job_id, publish, ctx.backend.parser())
+    stream = ctx.backend.stream(spec, on_lines=relay.on_lines, on_end=relay.on_end)
     handle.attach(stream)
     try:
-        # Ollama works on the prompt while the web hears that the job started.
+        # The engine works on the prompt while the web hears that the job started.
         await stream.run(on_sent=lambda: publish(encode(job_id, Started(ctx.worker_name, ctx.gpu_label))))
     except QueueUnavailable:
         raise  # the client cannot be told anything; the web ends its request on silence
@@ -128,7 +121,12 @@ async def _relay(job_id: str, spec: GenerateJob, handle: Handle) -> dict[str, An
                 publish(encode(job_id, Failed(f"{SHUTDOWN}; retry on another orchestrator", 500, "shutdown")))
             raise JobCancelled(handle.cancel_reason) from None
         assert isinstance(exc, BackendError)
-        publish(encode(job_id, Failed(exc.msg, exc.status, exc.reason)))
+        if isinstance(exc, Interrupted):
+            # A cut-off generation ends like one that ran out of room: the client gets what was
+            # generated and a final chunk with finish_reason "error" (never an error-only chunk).
+            publish(encode(job_id, Done("error", 0, relay.relayed)))
+        else:
+            publish(encode(job_id, Failed(exc.msg, exc.status, exc.reason)))
         raise
     # No `done` line after a clean end: Ollama stopped a repetition loop; a normal finish.
     final = relay.final or Final.clean_end(relay.relayed)

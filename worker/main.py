@@ -1,4 +1,4 @@
-"""`python -m worker`: one RQ worker bound to one GPU and that GPU's Ollama."""
+"""`python -m worker`: one RQ worker bound to one GPU and that GPU's engine (Ollama or OpenAI-compatible)."""
 
 from __future__ import annotations
 
@@ -19,11 +19,12 @@ from common.settings import Settings
 from common.version import __version__
 from worker import context, jobs
 from worker.active import ActiveJobs
+from worker.backend import make_backend
 from worker.gpu import GpuMonitor
 from worker.heartbeat import Heartbeat
-from worker.ollama_admin import OllamaAdmin
-from worker.ollama_stream import StreamLoop
-from worker.provision import all_stay_loaded, assess_models, vram_budget, wait_for_ollama, warm
+from worker.http import StreamLoop
+from worker.ollama_backend import OllamaBackend
+from worker.provision import all_stay_loaded, vram_budget, warm
 from worker.publisher import Publisher
 from worker.retention import PromptRetention
 from worker.schedule import ModelSchedule
@@ -36,6 +37,8 @@ def main() -> int:
     """Run the worker until SIGTERM/SIGINT; exit status 2 for a configuration error."""
     try:
         settings = Settings.from_env(os.environ)
+        if settings.backend == "openai" and settings.openai_base_url is None:
+            raise ConfigError("OPENAI_BASE_URL: required with BACKEND=openai (e.g. http://127.0.0.1:8080/v1)")
     except ConfigError as exc:
         print(f"configuration error: {exc.msg}", file=sys.stderr)
         return 2
@@ -45,7 +48,7 @@ def main() -> int:
 
 
 def run(settings: Settings) -> None:
-    """Provision this worker's Ollama, announce it to the fleet, then serve jobs until stopped."""
+    """Get this worker's engine ready, announce it to the fleet, then serve jobs until stopped."""
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -70,29 +73,32 @@ def run(settings: Settings) -> None:
     else:
         logger.warning("no GPU through NVML (%s) and no VRAM_MB: running as a CPU worker, no VRAM bound", gpu.error)
 
+    streams = StreamLoop()
+    backend = make_backend(settings, streams)
     record = WorkerRecord(
         name=name,
         host=host,
         pid=os.getpid(),
         version=__version__,
-        ollama_url=settings.ollama_url,
+        ollama_url=settings.ollama_url if backend.kind == "ollama" else "",
         slots=settings.slots,
         gpu=info,
         vram_budget=budget,
+        backend=backend.kind,
+        engine_url=backend.url,
+        engine_note=backend.note(),
     )
-    admin = OllamaAdmin(settings.ollama_url)
     active = ActiveJobs()
-    streams = StreamLoop()
     publisher = Publisher(settings.redis_url, streams.loop)
     context.install(
-        context.WorkerContext(settings, redis, name, label, active, publisher, streams, models=record.models)
+        context.WorkerContext(settings, redis, name, label, active, publisher, streams, backend, models=record.models)
     )
-    heartbeat = Heartbeat(redis, record, gpu, active, admin, publisher)
+    heartbeat = Heartbeat(redis, record, gpu, active, backend, publisher)
     _until_redis(heartbeat, stop)
     try:
-        if wait_for_ollama(admin, stop) is None:
+        if not backend.wait_ready(stop):
             return
-        assess_models(admin, settings, budget, stop, record.models)
+        backend.assess(budget, stop, record.models)
         if stop.is_set():
             return
         heartbeat.announce()
@@ -113,15 +119,20 @@ def run(settings: Settings) -> None:
             on_taken=lambda job: jobs.begin(job.id, job.args[0]),
             prompts=PromptRetention(redis, settings.prompt_retention_s, settings.drop_prompts_at_start),
         )
+        if not isinstance(backend, OllamaBackend):
+            # An OpenAI-compatible engine holds its own models: listen on every served queue.
+            heartbeat.worker = worker
+            heartbeat.refresh_routing()
         # Several models that all stay loaded: listen on every queue. Otherwise (one model, or one
         # at a time) the schedule owns the GPU's model: it reloads it if Ollama drops it, and switches.
-        if len(served) > 1 and all_stay_loaded(settings, record.models, budget):
+        elif len(served) > 1 and all_stay_loaded(settings, record.models, budget):
+            admin = backend.admin
             warm(admin, settings, record.models, served)
             heartbeat.worker = worker
             heartbeat.refresh_routing()
         else:
             # One model at a time on this GPU: the worker loads and switches models itself.
-            schedule = ModelSchedule(redis, record, admin, settings, stop)
+            schedule = ModelSchedule(redis, record, backend.admin, settings, stop)
             if len(served) > 1:
                 logger.info("this GPU holds one model at a time; switching between: %s", ", ".join(served))
             schedule.load(served[0])

@@ -209,3 +209,22 @@ def error_for_status(status: int, body: bytes, *, tag: str, url: str) -> Backend
             reason="ollama_config",
         )
     return BackendError(f"Ollama failed ({status}): {detail or 'no detail'}", reason="ollama_error")
+
+
+class OllamaParser:
+    """Reads one /api/chat answer batch by batch (the stream's parser for the Ollama backend)."""
+
+    def __init__(self) -> None:
+        self.relayed = 0
+
+    def feed(self, lines: list[bytes]) -> Parsed:
+        """Parse complete NDJSON lines (see `parse_lines`)."""
+        parsed = parse_lines(lines)
+        self.relayed += len(parsed.texts)
+        return parsed
+
+    def end(self) -> Final:
+        """The stream ended cleanly (chunked terminator) before a `done` line: Ollama stopping a
+        repetition loop (llm/llama_server.go, Completion), a normal finish; only a cut connection
+        is an error."""
+        return Final.clean_end(self.relayed)

@@ -1,0 +1,286 @@
+"""A fake OpenAI-compatible engine: llama-cpp-python's server by default, vLLM's ways on request.
+
+Stdlib only (a small HTTP/1.1 server on asyncio streams, keep-alive and chunked SSE as uvicorn
+sends them), sharing no HTTP code with the client under test. What it does, and where from:
+
+- `GET /v1/models` lists the served names (`get_models`, llama-cpp-python `llama_cpp/server/app.py`);
+  `max_model_len` too in vLLM mode (`show_available_models`, vLLM `serving_engine.py`/`serving_models.py`).
+- `POST /v1/chat/completions` with `stream: true`: a first chunk whose delta holds only the role,
+  one chunk per token, a chunk with an empty delta and the finish_reason
+  (`_convert_text_completion_chunks_to_chat`, `llama_cpp/llama_chat_format.py`), then `data: [DONE]`
+  (`get_event_publisher`). llama-cpp-python ignores `stream_options`: no usage anywhere. In vLLM
+  mode, with `stream_options.include_usage`, a last chunk with empty `choices` and the usage
+  (`chat_completion_stream_generator`, vLLM `serving_chat.py`).
+- One request at a time, and the running stream is interrupted by **any** other request,
+  `/v1/models` included: after its current chunk it sends `[DONE]` with no finish_reason and
+  stops; the newcomer then runs (`interrupt_requests`, default true; `get_llama_proxy`'s two locks).
+  vLLM mode serves many at once.
+- `max_tokens` beyond the context is cut to what fits, finish_reason "length" (`Llama._create_completion`);
+  a prompt that fills the context is a 400 `context_length_exceeded` (`llama_cpp/server/errors.py`).
+- API key: a missing or wrong bearer token gets 401 `{"detail": "Invalid API key"}` (`authenticate`).
+- Errors: `{"error": {"message", "type", "param", "code"}}` with the configured status (llama-cpp-python's
+  `RouteErrorHandler`, vLLM's `create_error_response`); mid-stream, vLLM's error event
+  `data: {"error": {...}}` then `[DONE]` (`create_streaming_error_response`).
+- Closing the connection stops the generation (llama-cpp-python checks `request.is_disconnected()`
+  after every chunk).
+
+Knobs (`set_behavior`): first_token_delay, tokens_per_s, reply_tokens, status + error (before the
+stream), error_after (vLLM's error event after N tokens), drop_after (connection cut after N tokens),
+stall_after (silence after N tokens), interrupt (bool), usage (bool: vLLM's usage chunk).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+KNOBS = frozenset({"first_token_delay", "tokens_per_s", "reply_tokens", "status", "error", "error_after",
+                   "drop_after", "stall_after", "interrupt", "usage"})  # fmt: skip
+PROMPT_TOKENS_PER_MESSAGE = 7
+
+
+@dataclass
+class Record:
+    """One request as the fake saw it, and how it ended."""
+
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: dict[str, Any]
+    outcome: str = "running"  # done, interrupted, cancelled, error, refused
+    sent_tokens: int = 0
+    received_at: float = field(default_factory=time.monotonic)
+
+
+def token_text(i: int) -> str:
+    """The i-th token of every answer (deterministic, so tests know the exact text)."""
+    return f"t{i} "
+
+
+class FakeOpenAI:
+    """In-process: `with FakeOpenAI(["served"]) as fake: ... fake.url ...` (url ends in /v1)."""
+
+    def __init__(self, served: list[str], *, api_key: str | None = None, n_ctx: int = 2048, vllm: bool = False):
+        self.served = served
+        self.api_key = api_key
+        self.n_ctx = n_ctx
+        self.behavior: dict[str, Any] = {"interrupt": not vllm, "usage": vllm, "tokens_per_s": 0.0,
+                                         "reply_tokens": 8, "first_token_delay": 0.0}  # fmt: skip
+        self.vllm = vllm
+        self.records: list[Record] = []
+        self.port = 0
+        self._loop = asyncio.new_event_loop()
+        self._lock: asyncio.Lock | None = None
+        self._waiting = 0  # requests waiting for the engine (llama_outer_lock held)
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._server: asyncio.Server | None = None
+
+    @property
+    def url(self) -> str:
+        """The base URL, as OPENAI_BASE_URL takes it."""
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def __enter__(self) -> FakeOpenAI:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(5)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        async def close() -> None:
+            assert self._server is not None
+            self._server.close()
+            for task in asyncio.all_tasks():
+                if task is not asyncio.current_task():
+                    task.cancel()
+
+        asyncio.run_coroutine_threadsafe(close(), self._loop).result(5)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+
+    async def _start(self) -> None:
+        self._lock = asyncio.Lock()
+        self._server = await asyncio.start_server(self._connection, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    def set_behavior(self, **knobs: Any) -> None:
+        """Change how the next requests are answered."""
+        unknown = set(knobs) - KNOBS
+        if unknown:
+            raise TypeError(f"unknown knobs {sorted(unknown)}")
+        self.behavior.update(knobs)
+
+    def chats(self) -> list[Record]:
+        """The chat requests so far."""
+        return [r for r in self.records if r.path.endswith("/chat/completions")]
+
+    def wait_for(self, predicate: Any, timeout: float = 5.0) -> bool:
+        """Poll `predicate(self)` until true or `timeout`."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate(self):
+                return True
+            time.sleep(0.01)
+        return bool(predicate(self))
+
+    # ---- HTTP/1.1, as uvicorn speaks it
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                lines = head.decode("latin-1").split("\r\n")
+                method, path, _ = lines[0].split(" ", 2)
+                headers = {k.strip().lower(): v.strip() for k, _, v in (x.partition(":") for x in lines[1:] if x)}
+                raw = await reader.readexactly(int(headers.get("content-length", "0")))
+                body = json.loads(raw) if raw else {}
+                record = Record(method, path, headers, body if isinstance(body, dict) else {})
+                self.records.append(record)
+                if not await self._dispatch(record, reader, writer):
+                    return
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
+
+    @staticmethod
+    async def _send(writer: asyncio.StreamWriter, status: int, obj: Any) -> None:
+        body = json.dumps(obj).encode()
+        writer.write(f"HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n\r\n"
+                     .encode() + body)  # fmt: skip
+        await writer.drain()
+
+    async def _dispatch(self, rec: Record, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        """Answer one request; whether the connection stays open for the next."""
+        if self.api_key is not None and rec.headers.get("authorization") != f"Bearer {self.api_key}":
+            rec.outcome = "refused"
+            await self._send(writer, 401, {"detail": "Invalid API key"})
+            return True
+        if rec.method == "GET" and rec.path == "/v1/models":
+            async with self._engine():
+                data = [{"id": n, "object": "model", "owned_by": "me", "permissions": []} for n in self.served]
+                if self.vllm:
+                    for entry in data:
+                        entry["max_model_len"] = self.n_ctx
+                rec.outcome = "done"
+                await self._send(writer, 200, {"object": "list", "data": data})
+            return True
+        if rec.method == "POST" and rec.path == "/v1/chat/completions":
+            await self._chat(rec, reader, writer)
+            # A stream watches its connection for the client leaving: it is not reused after.
+            return rec.outcome == "error"
+        rec.outcome = "refused"
+        await self._send(writer, 404, {"detail": "Not Found"})
+        return True
+
+    @contextlib.asynccontextmanager
+    async def _engine(self) -> Any:
+        """llama-cpp-python's single model: one request holds it; vLLM mode: no bound."""
+        if self.vllm:
+            yield
+            return
+        assert self._lock is not None
+        self._waiting += 1
+        try:
+            await self._lock.acquire()
+        finally:
+            self._waiting -= 1
+        try:
+            yield
+        finally:
+            self._lock.release()
+
+    def _error(self, status: int, message: str, code: str | None = None) -> dict[str, Any]:
+        kind = "invalid_request_error" if status < 500 else "internal_server_error"
+        return {"error": {"message": message, "type": kind, "param": None, "code": code}}
+
+    async def _chat(self, rec: Record, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        beh, body = dict(self.behavior), rec.body
+        if beh.get("status"):
+            rec.outcome = "error"
+            await self._send(writer, beh["status"], self._error(beh["status"], beh.get("error") or "failed"))
+            return
+        model = body.get("model")
+        if model not in self.served:
+            rec.outcome = "error"
+            status = 404 if self.vllm else 400
+            await self._send(
+                writer, status, self._error(status, f"The model `{model}` does not exist", "model_not_found")
+            )
+            return
+        prompt = PROMPT_TOKENS_PER_MESSAGE * len(body.get("messages") or [])
+        if prompt >= self.n_ctx:
+            rec.outcome = "error"
+            message = f"This model's maximum context length is {self.n_ctx} tokens. However, you requested more"
+            await self._send(writer, 400, self._error(400, message, "context_length_exceeded"))
+            return
+        async with self._engine():
+            # uvicorn tells the app when the client has gone (`request.is_disconnected()`).
+            gone = asyncio.ensure_future(reader.read(1))
+            try:
+                await self._stream(rec, beh, prompt, writer, gone)
+            finally:
+                gone.cancel()
+
+    async def _stream(
+        self, rec: Record, beh: dict[str, Any], prompt: int, writer: asyncio.StreamWriter, gone: asyncio.Future[bytes]
+    ) -> None:
+        body = rec.body
+        room = self.n_ctx - prompt
+        limit = min(int(body.get("max_tokens") or room), room)
+        natural = int(beh["reply_tokens"])
+        count = min(limit, natural)
+        reason = "length" if limit < natural else "stop"
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream; charset=utf-8\r\n"
+                     b"transfer-encoding: chunked\r\nconnection: close\r\n\r\n")  # fmt: skip
+
+        def event(obj: Any) -> bytes:
+            data = f"data: {obj if isinstance(obj, str) else json.dumps(obj)}\r\n\r\n".encode()
+            return f"{len(data):x}\r\n".encode() + data + b"\r\n"
+
+        def chunk(delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
+            return {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": int(time.time()),
+                    "model": body.get("model"), "choices": [{"index": 0, "delta": delta, "logprobs": None,
+                                                             "finish_reason": finish}]}  # fmt: skip
+
+        try:
+            await asyncio.sleep(float(beh.get("first_token_delay") or 0))
+            writer.write(event(chunk({"role": "assistant"}, None)))
+            await writer.drain()
+            pace = 1.0 / beh["tokens_per_s"] if beh.get("tokens_per_s") else 0.0
+            for i in range(count):
+                if i == beh.get("stall_after"):
+                    await asyncio.wait([gone], timeout=3600)
+                if i == beh.get("drop_after"):
+                    writer.transport.abort()
+                    rec.outcome = "dropped"
+                    return
+                if i == beh.get("error_after"):
+                    writer.write(event(self._error(500, "engine failure mid-stream")) + event("[DONE]") + b"0\r\n\r\n")
+                    rec.outcome = "error"
+                    return
+                if not self.vllm and beh.get("interrupt") and self._waiting:
+                    writer.write(event("[DONE]") + b"0\r\n\r\n")
+                    await writer.drain()
+                    rec.outcome = "interrupted"
+                    return
+                writer.write(event(chunk({"content": token_text(i)}, None)))
+                await writer.drain()
+                rec.sent_tokens += 1
+                await asyncio.sleep(pace)
+                if gone.done():  # checked after every chunk, as llama-cpp-python's get_event_publisher does
+                    raise ConnectionResetError
+            out = event(chunk({}, reason))
+            if beh.get("usage") and (body.get("stream_options") or {}).get("include_usage"):
+                usage = {"prompt_tokens": prompt, "completion_tokens": count, "total_tokens": prompt + count}
+                out += event({"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": int(time.time()),
+                              "model": body.get("model"), "choices": [], "usage": usage})  # fmt: skip
+            writer.write(out + event("[DONE]") + b"0\r\n\r\n")
+            await writer.drain()
+            rec.outcome = "done"
+        except (ConnectionError, RuntimeError):
+            rec.outcome = "cancelled"
+            raise ConnectionResetError from None
