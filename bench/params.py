@@ -24,6 +24,8 @@ class Params:
     ns: tuple[int, ...] = (1, 16, 64, 256)
     conc_tokens: int = 100
     conc_rate: float = 25.0  # tokens/s per stream, a realistic GPU rate
+    real_n: int = 10  # sequential requests per path on the real model (0: no real-model section)
+    real_tokens: int = 64
     out: Path = REPO / "bench" / "results"
     strict: bool = False
 
@@ -34,7 +36,8 @@ class Params:
         return d
 
 
-QUICK = dict(quick=True, warmup=3, ttft_n=20, relay_tokens=2000, relay_repeats=2, ns=(1, 4), conc_tokens=20)
+QUICK = dict(quick=True, warmup=3, ttft_n=20, relay_tokens=2000, relay_repeats=2, ns=(1, 4), conc_tokens=20,
+             real_n=2, real_tokens=16)  # fmt: skip
 
 
 def parse_args(argv: list[str] | None = None) -> Params:
@@ -50,6 +53,7 @@ def parse_args(argv: list[str] | None = None) -> Params:
     ap.add_argument("--relay-tokens", type=int, help="tokens in the long relay stream")
     ap.add_argument("--stream-tokens", type=int, help="tokens per stream in the concurrency scenario")
     ap.add_argument("--rate", type=float, help="tokens/s per stream in the concurrency scenario")
+    ap.add_argument("--real-n", type=int, help="requests per path on the real model (0 skips that section)")
     ap.add_argument("--strict", action="store_true", help="also exit non-zero (3) when a target is missed")
     a = ap.parse_args(argv)
     p = replace(Params(), **QUICK) if a.quick else Params()  # type: ignore[arg-type]
@@ -59,7 +63,7 @@ def parse_args(argv: list[str] | None = None) -> Params:
         if not changes["ns"] or min(changes["ns"]) < 1:
             ap.error("--n needs positive integers")
     for name, value in (("out", a.out), ("ttft_n", a.ttft_n), ("relay_tokens", a.relay_tokens),
-                        ("conc_tokens", a.stream_tokens), ("conc_rate", a.rate)):  # fmt: skip
+                        ("conc_tokens", a.stream_tokens), ("conc_rate", a.rate), ("real_n", a.real_n)):  # fmt: skip
         if value is not None:
             changes[name] = value
     return replace(p, **changes)

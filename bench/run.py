@@ -18,6 +18,7 @@ from types import FrameType
 from bench.params import Params, parse_args
 from bench.plot import plot
 from bench.procs import StartError
+from bench.real import available, render_real, run_real
 from bench.report import render
 from bench.scenarios import Results, Verifier, run_all
 from bench.stack import Stack
@@ -113,6 +114,22 @@ def execute(p: Params) -> int:
     if evidence:
         meta["TTFT breakdown"] = evidence
     text, all_ok = render(res, p, verifier, meta)
+    real_wrong = 0
+    if p.real_n:
+        why_not = available()
+        if why_not:
+            text += f"\n## Real model\n\nNot run: {why_not}.\n"
+        else:
+            print(f"real model: {p.real_n} requests per path on SmolLM2 (llama.cpp, CPU)…", flush=True)
+            real_dir = Path(tempfile.mkdtemp(prefix="llm-bench-real-"))
+            try:
+                real = run_real(real_dir, p.real_n, p.real_tokens)
+            except StartError as exc:
+                print(f"\nFAILED (real model): {exc}", file=sys.stderr)
+                return 2
+            shutil.rmtree(real_dir, ignore_errors=True)
+            text += "\n".join(render_real(real, p.real_n, p.real_tokens)) + "\n"
+            real_wrong = len(real.wrong)
     print("\n" + text)
     p.out.mkdir(parents=True, exist_ok=True)
     (p.out / "results.md").write_text(text)
@@ -120,8 +137,8 @@ def execute(p: Params) -> int:
         print(f"wrote {p.out / 'results.md'} and {p.out / 'concurrency.png'}")
     else:
         print(f"wrote {p.out / 'results.md'} (matplotlib missing: no plot)")
-    if verifier.failures:
-        print(f"\n!!!!! {len(verifier.failures)} WRONG STREAM(S) — see above !!!!!", file=sys.stderr)
+    if verifier.failures or real_wrong:
+        print(f"\n!!!!! {len(verifier.failures) + real_wrong} WRONG STREAM(S) — see above !!!!!", file=sys.stderr)
         return 1
     return 3 if p.strict and not all_ok else 0
 

@@ -13,7 +13,16 @@ from common.settings import Settings
 from ops import commands, compose, serve
 from ops.compose import parse_gpus
 from ops.secrets_file import shown_url
-from ops.supervise import Proc, Supervisor, embedded_redis, gpu_worker_envs, web_command, worker_command
+from ops.supervise import (
+    Proc,
+    Supervisor,
+    embedded_engine,
+    embedded_redis,
+    gpu_worker_envs,
+    ollama_answers,
+    web_command,
+    worker_command,
+)
 from worker.gpu import list_gpus
 
 logger = logging.getLogger("llm-runner")
@@ -34,20 +43,24 @@ def _worker_procs(env: dict[str, str], args: argparse.Namespace) -> list[Proc]:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    """Run Redis (embedded unless REDIS_URL is set), the web front end and one worker per GPU."""
+    """Run Redis (embedded unless REDIS_URL is set), the web front end and one worker per GPU.
+
+    With no engine configured or answering on Ollama's default port, the embedded CPU engine
+    (llama-cpp-python serving SmolLM2) is started too, behind one worker.
+    """
     env = dict(os.environ)
     procs: list[Proc] = []
     if not env.get("REDIS_URL"):
         procs.append(embedded_redis(env, args.redis_port))
+    if not env.get("OLLAMA_URL") and not env.get("OPENAI_BASE_URL") and not ollama_answers():
+        procs.append(embedded_engine(env))
+        args.gpus = args.gpus[:1]
     settings = Settings.from_env(env)
     procs.append(Proc("web", web_command(), env))  # binds PORT, read by web/gunicorn_conf.py
     procs += _worker_procs(env, args)
-    logger.info(
-        "runner on http://0.0.0.0:%d, Redis %s, Ollama %s",
-        settings.port,
-        shown_url(env["REDIS_URL"]),
-        settings.ollama_url,
-    )
+    engine = settings.openai_base_url if settings.backend == "openai" else settings.ollama_url
+    logger.info("runner on http://0.0.0.0:%d, Redis %s, %s engine at %s", settings.port, shown_url(env["REDIS_URL"]),
+                settings.backend, engine)  # fmt: skip
     return Supervisor(procs).run()
 
 

