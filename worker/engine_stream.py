@@ -23,6 +23,10 @@ LinesHandler = Callable[[list[bytes]], bool]
 EndHandler = Callable[[], None]
 
 _JSON = {"Content-Type": "application/json"}
+# The idle deadline moves at most this often (so it fires up to this much late).
+RESCHEDULE_S = 0.25
+# How long the end of a complete answer may take to arrive before its connection is dropped.
+DRAIN_S = 1.0
 
 
 class ChatStream:
@@ -76,24 +80,32 @@ class ChatStream:
 
     async def _relay(self, loop: asyncio.AbstractEventLoop) -> None:
         response: aiohttp.ClientResponse | None = None
+        complete = False
         first = True
         try:
             async with asyncio.timeout_at(loop.time() + self.first_byte_timeout) as deadline:
                 try:
-                    response = await self.http.session().post(self.url, data=self.body, headers=_JSON)
+                    response = await self.http.session().post(
+                        self.url, data=self.body, headers=_JSON, proxy=self.http.proxy
+                    )
                 except (aiohttp.ClientError, OSError) as exc:
                     raise self.http.unreachable(exc) from None
                 if response.status != 200:
                     raise self.on_error(response.status, await _error_body(response))
                 content, tail = response.content, b""
+                rescheduled = 0.0
                 while data := await content.readany():
-                    if first:
-                        first = False
-                    deadline.reschedule(loop.time() + self.idle_timeout)
+                    first = False
+                    now = loop.time()
+                    if now - rescheduled > RESCHEDULE_S:  # not on every read: each is a timer's churn
+                        deadline.reschedule(now + self.idle_timeout)
+                        rescheduled = now
                     *lines, tail = (tail + data).split(b"\n")
                     if lines and self.on_lines(lines):
+                        complete = True
                         return
                 if tail.strip() and self.on_lines([tail]):
+                    complete = True
                     return
                 self.on_end()
         except TimeoutError:
@@ -110,9 +122,12 @@ class ChatStream:
                                reason="truncated") from None  # fmt: skip
         finally:
             if response is not None:
-                # Complete answers give their connection back to the pool; anything else drops it.
+                # Complete answers give their connection back to the pool (the next job saves a
+                # connect); anything else drops it, which is what stops the engine generating.
                 if response.content.is_eof():
                     response.release()
+                elif complete:
+                    _drain_later(response)
                 else:
                     response.close()
 
@@ -122,6 +137,29 @@ class ChatStream:
             return BackendError(f"{engine} sent nothing for {self.first_byte_timeout:g} s (model still loading?)",
                                 reason="timeout")  # fmt: skip
         return BackendError(f"{engine} stalled: no token for {self.idle_timeout:g} s", reason="stalled")
+
+
+_draining: set[asyncio.Task[None]] = set()
+
+
+def _drain_later(response: aiohttp.ClientResponse) -> None:
+    """Read what follows a complete answer (the end of the chunked body) off the job's path."""
+    task = asyncio.get_running_loop().create_task(_drain(response))
+    _draining.add(task)
+    task.add_done_callback(_draining.discard)
+
+
+async def _drain(response: aiohttp.ClientResponse) -> None:
+    try:
+        async with asyncio.timeout(DRAIN_S):
+            while await response.content.readany():
+                pass
+        response.release()
+    except (TimeoutError, aiohttp.ClientError, OSError):
+        response.close()
+    except asyncio.CancelledError:
+        response.close()
+        raise
 
 
 async def _error_body(response: aiohttp.ClientResponse) -> bytes:

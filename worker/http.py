@@ -11,9 +11,11 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import urllib.request
 from collections.abc import Callable, Coroutine
 from concurrent.futures import Future
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -72,6 +74,15 @@ def describe(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+def _env_proxy(url: str) -> str | None:
+    """The proxy HTTP(S)_PROXY names for `url`, unless NO_PROXY exempts its host."""
+    parts = urlsplit(url)
+    proxy = urllib.request.getproxies().get(parts.scheme)
+    if not proxy or urllib.request.proxy_bypass(parts.hostname or ""):
+        return None
+    return proxy
+
+
 class EngineHttp:
     """One engine's base URL, headers and aiohttp session (created lazily, on the loop)."""
 
@@ -86,6 +97,9 @@ class EngineHttp:
         if api_key:
             self.headers["Authorization"] = f"Bearer {api_key}"
         self._session: aiohttp.ClientSession | None = None
+        # The proxy is read from the environment once: aiohttp's trust_env would read it (and
+        # ~/.netrc) on every request in a thread, two thread hops on every job's path.
+        self.proxy = _env_proxy(self.base_url)
         streams.closers.append(self.close)
 
     def session(self) -> aiohttp.ClientSession:
@@ -96,7 +110,6 @@ class EngineHttp:
                 connector=connector,
                 headers=self.headers,
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.connect_timeout),
-                trust_env=True,
                 auto_decompress=False,
             )
         return self._session
@@ -109,7 +122,11 @@ class EngineHttp:
         """One request with an optional JSON body; the decoded JSON answer, or BackendError."""
         try:
             async with self.session().request(
-                method, self.base_url + path, json=json_body, timeout=aiohttp.ClientTimeout(total=timeout)
+                method,
+                self.base_url + path,
+                json=json_body,
+                proxy=self.proxy,
+                timeout=aiohttp.ClientTimeout(total=timeout),
             ) as response:
                 body = await response.content.read(MAX_ERROR_BODY) if response.status != 200 else await response.read()
                 status = response.status
@@ -142,7 +159,10 @@ class EngineHttp:
         answer ends; BackendError if nothing arrives for `idle_timeout` seconds."""
         try:
             async with self.session().post(
-                self.base_url + path, json=json_body, timeout=aiohttp.ClientTimeout(total=None, sock_read=idle_timeout)
+                self.base_url + path,
+                json=json_body,
+                proxy=self.proxy,
+                timeout=aiohttp.ClientTimeout(total=None, sock_read=idle_timeout),
             ) as response:
                 if response.status != 200:
                     raise on_error(response.status, await response.content.read(MAX_ERROR_BODY))
