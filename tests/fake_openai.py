@@ -26,7 +26,9 @@ sends them), sharing no HTTP code with the client under test. What it does, and 
 
 Knobs (`set_behavior`): first_token_delay, tokens_per_s, reply_tokens, status + error (before the
 stream), error_after (vLLM's error event after N tokens), drop_after (connection cut after N tokens),
-stall_after (silence after N tokens), interrupt (bool), usage (bool: vLLM's usage chunk).
+stall_after (no token after N tokens), ping_s (during a stall, sse-starlette's `: ping - <time>`
+comment every so many seconds, as `EventSourceResponse` sends them), interrupt (bool), usage (bool:
+vLLM's usage chunk).
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 KNOBS = frozenset({"first_token_delay", "tokens_per_s", "reply_tokens", "status", "error", "error_after",
-                   "drop_after", "stall_after", "interrupt", "usage"})  # fmt: skip
+                   "drop_after", "stall_after", "interrupt", "usage", "ping_s"})  # fmt: skip
 PROMPT_TOKENS_PER_MESSAGE = 7
 
 
@@ -237,9 +239,12 @@ class FakeOpenAI:
         writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream; charset=utf-8\r\n"
                      b"transfer-encoding: chunked\r\nconnection: close\r\n\r\n")  # fmt: skip
 
-        def event(obj: Any) -> bytes:
-            data = f"data: {obj if isinstance(obj, str) else json.dumps(obj)}\r\n\r\n".encode()
+        def event_bytes(text: str) -> bytes:
+            data = text.encode()
             return f"{len(data):x}\r\n".encode() + data + b"\r\n"
+
+        def event(obj: Any) -> bytes:
+            return event_bytes(f"data: {obj if isinstance(obj, str) else json.dumps(obj)}\r\n\r\n")
 
         def chunk(delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
             return {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": int(time.time()),
@@ -253,7 +258,10 @@ class FakeOpenAI:
             pace = 1.0 / beh["tokens_per_s"] if beh.get("tokens_per_s") else 0.0
             for i in range(count):
                 if i == beh.get("stall_after"):
-                    await asyncio.wait([gone], timeout=3600)
+                    ping = float(beh.get("ping_s") or 3600)
+                    while not gone.done():
+                        await asyncio.wait([gone], timeout=ping)
+                        writer.write(event_bytes(f": ping - {time.strftime('%Y-%m-%d %H:%M:%S')}\r\n\r\n"))
                 if i == beh.get("drop_after"):
                     writer.transport.abort()
                     rec.outcome = "dropped"

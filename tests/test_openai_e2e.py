@@ -58,7 +58,7 @@ def runner(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) 
 def reset(runner: Runner) -> None:
     runner.fake.set_behavior(first_token_delay=0.0, tokens_per_s=0.0, reply_tokens=8, status=None, error=None,
                              error_after=None, drop_after=None, stall_after=None, interrupt=True,
-                             usage=False)  # fmt: skip
+                             usage=False, ping_s=None)  # fmt: skip
 
 
 def body(prompt: str = "hello", *, stream_: bool = True, max_tokens: int = 64) -> dict[str, object]:
@@ -147,7 +147,8 @@ def test_a_slow_first_token_is_waited_for(runner: Runner) -> None:
 
 
 def test_a_stall_ends_the_stream_with_an_error(runner: Runner) -> None:
-    runner.fake.set_behavior(stall_after=2)
+    # The engine's keep-alive comments (sse-starlette pings) do not count as progress.
+    runner.fake.set_behavior(stall_after=2, ping_s=0.3)
     got = read_stream(stream(f"{runner.url}/llm", body())[1])
     assert got.text == expected(2) and got.finish_reason == "error"
     assert runner.fake.wait_for(lambda f: f.chats()[-1].outcome == "cancelled", timeout=10)

@@ -96,11 +96,13 @@ class ChatStream:
                 rescheduled = 0.0
                 while data := await content.readany():
                     first = False
+                    *lines, tail = (tail + data).split(b"\n")
                     now = loop.time()
-                    if now - rescheduled > RESCHEDULE_S:  # not on every read: each is a timer's churn
+                    # Not on every read (each is a timer's churn), and not for keep-alive comments
+                    # (sse-starlette's ": ping" every 15 s would hide an engine that stalled).
+                    if now - rescheduled > RESCHEDULE_S and any(line[:1] not in (b":", b"", b"\r") for line in lines):
                         deadline.reschedule(now + self.idle_timeout)
                         rescheduled = now
-                    *lines, tail = (tail + data).split(b"\n")
                     if lines and self.on_lines(lines):
                         complete = True
                         return

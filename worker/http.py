@@ -169,7 +169,7 @@ class EngineHttp:
                 async for line in response.content:
                     if line.strip() and on_line(line):
                         return
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:  # ValueError: a line too long
             raise BackendError(f"{self.engine} at {self.base_url}: {path} broke off: {describe(exc)}",
                                reason="unreachable") from None  # fmt: skip
 
