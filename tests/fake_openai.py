@@ -36,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import ssl
 import threading
 import time
 from dataclasses import dataclass, field
@@ -67,8 +68,17 @@ def token_text(i: int) -> str:
 class FakeOpenAI:
     """In-process: `with FakeOpenAI(["served"]) as fake: ... fake.url ...` (url ends in /v1)."""
 
-    def __init__(self, served: list[str], *, api_key: str | None = None, n_ctx: int = 2048, vllm: bool = False):
+    def __init__(
+        self,
+        served: list[str],
+        *,
+        api_key: str | None = None,
+        n_ctx: int = 2048,
+        vllm: bool = False,
+        tls: ssl.SSLContext | None = None,
+    ):
         self.served = served
+        self.tls = tls
         self.api_key = api_key
         self.n_ctx = n_ctx
         self.behavior: dict[str, Any] = {"interrupt": not vllm, "usage": vllm, "tokens_per_s": 0.0,
@@ -85,7 +95,7 @@ class FakeOpenAI:
     @property
     def url(self) -> str:
         """The base URL, as OPENAI_BASE_URL takes it."""
-        return f"http://127.0.0.1:{self.port}/v1"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}/v1"
 
     def __enter__(self) -> FakeOpenAI:
         self._thread.start()
@@ -106,7 +116,7 @@ class FakeOpenAI:
 
     async def _start(self) -> None:
         self._lock = asyncio.Lock()
-        self._server = await asyncio.start_server(self._connection, "127.0.0.1", 0)
+        self._server = await asyncio.start_server(self._connection, "127.0.0.1", 0, ssl=self.tls)
         self.port = self._server.sockets[0].getsockname()[1]
 
     def set_behavior(self, **knobs: Any) -> None:
@@ -143,7 +153,7 @@ class FakeOpenAI:
                 self.records.append(record)
                 if not await self._dispatch(record, reader, writer):
                     return
-        except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError, ssl.SSLError):
             pass
         finally:
             writer.close()

@@ -6,14 +6,17 @@ interrupts the running stream, no usage) unless made vLLM-like; see tests/fake_o
 
 from __future__ import annotations
 
+import ssl
 import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import requests
+import trustme
 from redis import Redis
 
 from tests.client import call, stream
@@ -226,5 +229,28 @@ def test_a_wrong_api_key_keeps_the_worker_from_serving(tmp_path: object, redis_s
                                         OPENAI_API_KEY="wrong")  # fmt: skip
             wait_until(lambda: "OPENAI_API_KEY" in worker.output(), 15, "the worker to name the key")
             assert fake.records and all(r.outcome == "refused" for r in fake.records)
+        finally:
+            stack.stop()
+
+
+def test_an_https_engine_with_its_own_ca(tmp_path: Path, redis_server: RedisServer, redis: Redis) -> None:
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    cert.configure_cert(server_tls)
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    stack = Stack(str(tmp_path), redis_server.url)
+    with FakeOpenAI([OTHER], api_key=KEY, tls=server_tls) as fake:
+        try:
+            # The worker trusts the engine's CA as OpenSSL does: SSL_CERT_FILE.
+            env = dict(MODELS=OTHER, BACKEND="openai", OPENAI_BASE_URL=fake.url, OPENAI_API_KEY=KEY,
+                       SSL_CERT_FILE=ca_file)  # fmt: skip
+            stack.start_web(**env)
+            stack.start_worker(**env)
+            got = read_stream(stream(f"{stack.web_url}/llm", {**body(), "model": OTHER})[1])
+            assert fake.url.startswith("https://")
+            assert got.text == expected(8) and got.finish_reason == "stop"
+            assert fake.chats()[-1].headers["authorization"] == f"Bearer {KEY}"
         finally:
             stack.stop()
