@@ -254,3 +254,21 @@ def test_an_https_engine_with_its_own_ca(tmp_path: Path, redis_server: RedisServ
             assert fake.chats()[-1].headers["authorization"] == f"Bearer {KEY}"
         finally:
             stack.stop()
+
+
+def test_a_served_name_the_engine_lacks_is_said_in_the_fleet(tmp_path: Path, redis_server: RedisServer,
+                                                             redis: Redis) -> None:  # fmt: skip
+    stack = Stack(str(tmp_path), redis_server.url)
+    with FakeOpenAI(["something-else"]) as fake:
+        try:
+            env = dict(MODELS=f"{OTHER}=not-there", BACKEND="openai", OPENAI_BASE_URL=fake.url)
+            stack.start_web(**env)
+            stack.start_worker(**env)
+            fleet = call("GET", f"{stack.web_url}/fleet").json()
+            assert fleet["models"][OTHER]["capacity"] == 0
+            assert "'not-there' is not served by the engine" in fleet["models"][OTHER]["note"]
+            assert "something-else" in fleet["models"][OTHER]["note"]
+            response = call("POST", f"{stack.web_url}/llm", json={**body(stream_=False), "model": OTHER})
+            assert response.status_code == 500 and "not served by the engine" in response.json()["detail"]["msg"]
+        finally:
+            stack.stop()

@@ -43,6 +43,8 @@ def main() -> int:
         print(f"configuration error: {exc.msg}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level)
+    if settings.backend == "ollama" and settings.openai_base_url:
+        logger.warning("OPENAI_BASE_URL is set but BACKEND is ollama: it is ignored (set BACKEND=openai to use it)")
     run(settings)
     return 0
 
