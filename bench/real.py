@@ -107,10 +107,7 @@ class RealStack:
         env.update(REDIS_URL=f"redis://{HOST}:{redis_port}/0", BACKEND="openai", MODELS=EMBEDDED_MODEL_ID, SLOTS="1",
                    OPENAI_BASE_URL=f"http://{HOST}:{self.engine_port}/v1", PORT=str(self.web_port),
                    QUEUE_TIMEOUT_S="300", PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")  # fmt: skip
-        argv = web_command(self.web_port)
-        venv_bin = Path(sys.executable).parent / argv[0]
-        argv[0] = str(venv_bin) if venv_bin.exists() else (shutil.which(argv[0]) or argv[0])
-        self._spawn("real-web", argv, env)
+        self._spawn("real-web", web_command(), env)  # binds PORT
         worker_argv = worker_command()
         worker_argv[0] = sys.executable
         worker = self._spawn("real-worker", worker_argv, env)
