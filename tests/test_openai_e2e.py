@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -264,7 +265,13 @@ def test_a_served_name_the_engine_lacks_is_said_in_the_fleet(tmp_path: Path, red
             env = dict(MODELS=f"{OTHER}=not-there", BACKEND="openai", OPENAI_BASE_URL=fake.url)
             stack.start_web(**env)
             stack.start_worker(**env)
-            fleet = call("GET", f"{stack.web_url}/fleet").json()
+
+            # The web refreshes its view of the fleet periodically: wait for the worker's record.
+            def seen() -> dict[str, Any] | None:
+                fleet: dict[str, Any] = call("GET", f"{stack.web_url}/fleet").json()
+                return fleet if any(OTHER in w["models"] for w in fleet["workers"]) else None
+
+            fleet = wait_until(seen, 10, "the worker in the web's fleet view")
             assert fleet["models"][OTHER]["capacity"] == 0
             assert "'not-there' is not served by the engine" in fleet["models"][OTHER]["note"]
             assert "something-else" in fleet["models"][OTHER]["note"]
