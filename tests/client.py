@@ -1,4 +1,8 @@
-"""HTTP helpers for tests: one connection per call, closed after, so servers stop promptly."""
+"""HTTP helpers for tests: one connection per call, closed after, so servers stop promptly.
+
+Redirects are never followed and fail the test: go-livepeer's client must get its answer from
+the URL it called (a 308 costs it a second round trip, or the job).
+"""
 
 from __future__ import annotations
 
@@ -16,9 +20,18 @@ def call(method: str, url: str, *, token: str | None = None, timeout: float = 30
     if token is not None:
         headers["Authorization"] = f"Bearer {token}"
     with requests.Session() as session:
-        response = session.request(method, url, headers=headers, timeout=timeout, **kwargs)
+        response = session.request(method, url, headers=headers, timeout=timeout, allow_redirects=False, **kwargs)
         response.content  # noqa: B018 - read it all before the session closes
+        assert_not_redirected(response)
         return response
+
+
+def assert_not_redirected(response: requests.Response) -> None:
+    """Fail on any 3xx: every documented route must answer directly."""
+    assert not 300 <= response.status_code < 400, (
+        f"{response.request.method} {response.url} answered {response.status_code} "
+        f"(Location: {response.headers.get('Location')})"
+    )
 
 
 def split_lines(chunks: Iterator[bytes]) -> Iterator[bytes]:
@@ -42,7 +55,8 @@ def stream(
         headers["Authorization"] = f"Bearer {token}"
     with (
         requests.Session() as session,
-        session.post(url, json=body, headers=headers, stream=True, timeout=timeout) as response,
+        session.post(url, json=body, headers=headers, stream=True, timeout=timeout, allow_redirects=False) as response,
     ):
+        assert_not_redirected(response)
         lines = list(split_lines(response.iter_content(chunk_size=None)))
     return response, lines

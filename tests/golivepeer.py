@@ -1,24 +1,166 @@
-"""A reader for the runner's SSE stream that behaves exactly like go-livepeer's (ai/worker/worker.go,
-Worker.handleStreamingResponse).
+"""Our model of go-livepeer as the runner's client: the URLs it calls, how it reads each answer,
+and what its gateway then does with the orchestrator.
 
-It strips exactly `data: `, skips undecodable lines, indexes `choices[0]` of every decoded chunk
-without a bounds check (an IndexError/KeyError here is a crash in go-livepeer), and stops at the
-first chunk whose finish_reason is non-empty. It also enforces the 64 KiB line limit.
+Every rule follows go-livepeer's source (github.com/livepeer/go-livepeer); the comment on each
+names the file and function. The chain is: the orchestrator's AI worker calls the runner
+(`ai/worker`), the orchestrator answers the gateway (`server/ai_http.go`), and the gateway judges
+the orchestrator by that answer (`server/ai_process.go`).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+import re
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urljoin
 
-MAX_LINE = 64 * 1024
+# bufio.MaxScanTokenSize: a bufio.Scanner's buffer never grows past it, and a line must fit in
+# it *with* its newline, or the scan stops with ErrTooLong (Go's bufio/scan.go, Scanner.Scan).
+MAX_TOKEN_SIZE = 64 * 1024
+INT64 = (-(2**63), 2**63 - 1)
+
+
+class GoCrash(AssertionError):
+    """What would panic in go-livepeer (an unchecked index), or abort its reading."""
+
+
+# ---------------------------------------------------------------------------------------- URLs
+
+
+def route_url(entry_url: str, operation: str) -> str:
+    """The URL go-livepeer calls for `operation` ("llm", "health", ...) of an aiModels.json `url`.
+
+    ai/worker/runner.gen.go NewClient appends "/" to the server URL when it lacks one, and each
+    New<Op>Request resolves "./<op>" against it (url.Parse, then serverURL.Parse).
+    """
+    base = entry_url if entry_url.endswith("/") else entry_url + "/"
+    return urljoin(base, "./" + operation)
+
+
+# ----------------------------------------------------------------------------- typed decoding
+
+
+class _Mismatch(Exception):
+    """A JSON value of the wrong type for its Go field: json.Unmarshal returns an error."""
+
+
+def _go_int(value: Any) -> int:
+    # encoding/json decodes a number into an int field with strconv.ParseInt on its literal:
+    # 1.0, 1e3 (Python floats), strings and booleans are errors; null leaves the zero value.
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int) or not INT64[0] <= value <= INT64[1]:
+        raise _Mismatch(value)
+    return value
+
+
+def _go_str(value: Any) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise _Mismatch(value)
+    return value
+
+
+def _go_object(value: Any, fields: dict[str, Any]) -> dict[str, Any] | None:
+    """Decode a JSON object into a struct with these fields (name → decoder); null gives None.
+
+    encoding/json matches keys to fields case-insensitively and ignores unknown keys.
+    """
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise _Mismatch(value)
+    out: dict[str, Any] = {}
+    for key, item in value.items():
+        name = next((f for f in fields if f.lower() == key.lower()), None)
+        if name is not None:
+            out[name] = fields[name](item)
+    return out
+
+
+def _message(value: Any) -> dict[str, Any] | None:
+    # LLMMessage: Content string, Role string (ai/worker/runner.gen.go).
+    return _go_object(value, {"content": _go_str, "role": _go_str})
+
+
+def _finish(value: Any) -> str | None:
+    return None if value is None else _go_str(value)
+
+
+def _choice(value: Any) -> dict[str, Any]:
+    # LLMChoice: Delta *LLMMessage, FinishReason *string, Index int, Message *LLMMessage.
+    # A null element of the choices array decodes to a zero LLMChoice.
+    choice = _go_object(value, {"delta": _message, "finish_reason": _finish, "index": _go_int, "message": _message})
+    return choice or {}
+
+
+def _choices(value: Any) -> list[dict[str, Any]]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise _Mismatch(value)
+    return [_choice(item) for item in value]
+
+
+def _usage(value: Any) -> dict[str, int]:
+    # LLMTokenUsage: CompletionTokens, PromptTokens, TotalTokens int (a field left out stays 0).
+    usage = _go_object(value, {"completion_tokens": _go_int, "prompt_tokens": _go_int, "total_tokens": _go_int})
+    return {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0, **(usage or {})}
+
+
+_LLM_RESPONSE = {"choices": _choices, "created": _go_int, "id": _go_str, "model": _go_str, "usage": _usage}
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")  # Go's decoder knows no NaN or Infinity
+
+
+def decode_llm_response(data: bytes) -> dict[str, Any] | None:
+    """json.Unmarshal(data, &worker.LLMResponse{}) (ai/worker/runner.gen.go): the decoded
+    response, or None where Go returns an error (go-livepeer then drops the chunk).
+
+    A float `created`, a numeric `content` or a string `usage` is an error for Go's typed
+    decoder even though the JSON is valid. `null` decodes to an empty response (no choices).
+    """
+    try:
+        # Go replaces invalid UTF-8 inside strings with U+FFFD instead of failing.
+        value = json.loads(data.decode("utf-8", "replace"), parse_constant=_reject_constant)
+    except ValueError:
+        return None
+    try:
+        return _go_object(value, _LLM_RESPONSE) or {}
+    except _Mismatch:
+        return None
+
+
+# ---------------------------------------------------------------------------------- streaming
+
+
+def scan_lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """bufio.Scanner with ScanLines over a body: lines split at \\n, a trailing \\r dropped.
+
+    A line that does not fit MAX_TOKEN_SIZE together with its newline stops the scan with
+    ErrTooLong: go-livepeer logs it and reads no further (ai/worker/worker.go
+    handleStreamingResponse): raised here as GoCrash.
+    """
+    pending = b""
+    for chunk in chunks:
+        pending += chunk
+        while (end := pending.find(b"\n")) >= 0 and end + 1 <= MAX_TOKEN_SIZE:
+            line, pending = pending[:end], pending[end + 1 :]
+            yield line.removesuffix(b"\r")
+        if len(pending) >= MAX_TOKEN_SIZE:  # no newline within a full buffer
+            raise GoCrash(f"a line of more than {MAX_TOKEN_SIZE - 1} bytes: bufio.Scanner: token too long")
+    if pending:
+        yield pending.removesuffix(b"\r")
 
 
 @dataclass
 class StreamResult:
-    """What go-livepeer would have taken from a stream."""
+    """What go-livepeer's gateway would have taken from a stream."""
 
     text: str = ""
     finish_reason: str = ""
@@ -26,32 +168,175 @@ class StreamResult:
     chunks: list[dict[str, Any]] = field(default_factory=list)
     saw_done_marker: bool = False
     lines: list[bytes] = field(default_factory=list)
+    skipped: list[bytes] = field(default_factory=list)
 
 
 def read_stream(lines: Iterable[bytes]) -> StreamResult:
-    """Consume raw lines (without line endings) the way go-livepeer's handler does."""
+    """Read a 200 SSE answer's lines (without line endings) as go-livepeer does.
+
+    - ai/worker/worker.go handleStreamingResponse: each line of at most 64 KiB with its newline
+      (bufio.Scanner), `data: ` trimmed *if present* (strings.TrimPrefix: a bare JSON line is
+      decoded too), empty lines and `[DONE]` skipped, the rest decoded into LLMResponse; a line
+      Go cannot decode is logged and skipped.
+    - server/ai_http.go handleAIRequest (the orchestrator's answer to the gateway): indexes
+      `chunk.Choices[0]` of every decoded chunk unchecked (a chunk without choices panics) and
+      stops at the first chunk whose finish_reason is non-empty.
+    - server/ai_process.go handleSSEStream (the gateway): keeps the usage of the last chunk read
+      for its latency score.
+    """
     result = StreamResult()
     finished = False
     for line in lines:
         result.lines.append(line)
-        assert len(line) <= MAX_LINE, f"line of {len(line)} bytes would abort go-livepeer's scanner"
+        if len(line) + 1 > MAX_TOKEN_SIZE:
+            raise GoCrash(f"a line of {len(line)} bytes would stop go-livepeer's bufio.Scanner")
         if finished:
-            if line == b"data: [DONE]":
-                result.saw_done_marker = True
+            result.saw_done_marker |= line == b"data: [DONE]"
             continue
-        if not line.startswith(b"data: "):
+        data = line.removeprefix(b"data: ")
+        if data in (b"", b"[DONE]"):
             continue
-        payload = line[len(b"data: ") :]
-        try:
-            chunk = json.loads(payload)
-        except ValueError:
+        chunk = decode_llm_response(data)
+        if chunk is None:
+            result.skipped.append(line)
             continue
-        choice = chunk["choices"][0]  # go-livepeer does this unchecked: a crash if missing
+        choices = chunk.get("choices") or []
+        if not choices:
+            raise GoCrash(f"chunk without choices would panic go-livepeer (index out of range): {line[:200]!r}")
         result.chunks.append(chunk)
-        delta = choice.get("delta") or {}
+        delta = choices[0].get("delta") or {}
         result.text += delta.get("content", "")
-        if choice.get("finish_reason"):
-            result.finish_reason = choice["finish_reason"]
-            result.usage = chunk.get("usage") or {}
+        result.usage = chunk["usage"] if "usage" in chunk else _usage(None)
+        if choices[0].get("finish_reason"):
+            result.finish_reason = choices[0]["finish_reason"]
             finished = True
     return result
+
+
+def read_body(body: bytes) -> StreamResult:
+    """read_stream over a raw SSE body, split as bufio.Scanner splits it."""
+    return read_stream(scan_lines([body]))
+
+
+# ---------------------------------------------------------------------- what the gateway does
+
+SERVED, EMPTY, RETRIED, SUSPENDED = "served", "empty answer", "retried, kept in the pool", "suspended"
+
+
+@dataclass
+class Verdict:
+    """What the gateway made of one /llm answer."""
+
+    outcome: str  # SERVED, EMPTY, RETRIED or SUSPENDED
+    error: str = ""  # the error text the gateway judged
+    response: dict[str, Any] | None = None
+    bad_request: str | None = None  # what the end user is told after a 400
+
+
+def gateway_verdict(orchestrator_error: str) -> Verdict:
+    """server/ai_process.go processAIRequest, for an error from the orchestrator.
+
+    The gateway sees "unexpected status code: 500, body: <orchestrator's text>" (submitLLM; the
+    orchestrator answers with http.Error, server/handlers.go respondWithError). It retries on
+    another orchestrator and keeps this one when the text contains "insufficient capacity",
+    case-insensitively (isNoCapacityError / errContainsMsg); any other error removes this
+    orchestrator from its session pool, and a "returned 400" error goes back to the end user
+    (parseBadRequestError).
+    """
+    error = f"unexpected status code: 500, body: {orchestrator_error}\n"
+    if "insufficient capacity" in error.lower():
+        return Verdict(RETRIED, error)
+    bad = None
+    if "returned 400" in error:
+        bad = error.split("returned 400", 1)[1].strip() or "bad request"
+    return Verdict(SUSPENDED, error, bad_request=bad)
+
+
+def _http_error_msg(body: bytes) -> str | None:
+    # HTTPError{Detail{Msg string}} (ai/worker/runner.gen.go); None where json.Unmarshal fails.
+    try:
+        value = json.loads(body.decode("utf-8", "replace"), parse_constant=_reject_constant)
+        error = _go_object(value, {"detail": lambda d: _go_object(d, {"msg": _go_str})}) or {}
+    except (ValueError, _Mismatch):
+        return None
+    return str((error.get("detail") or {}).get("msg", ""))
+
+
+def non_streaming_verdict(status: int, content_type: str, body: bytes) -> Verdict:
+    """A non-streaming /llm answer, as go-livepeer's orchestrator and then its gateway take it.
+
+    ai/worker/runner.gen.go ParseGenLLMResponse decodes the body only when Content-Type
+    contains "json" and the status is 200, 400, 401, 422 or 500 (a body Go cannot decode is an
+    error); ai/worker/worker.go handleNonStreamingResponse turns 400/401/500 into
+    "LLM container returned N: <detail.msg>" and returns JSON200 otherwise, which is nil for
+    any other status or content type. server/ai_http.go handleAIRequest answers an error with a
+    500 carrying its text, and a nil response as a 200 `null`: an empty answer for the user.
+    """
+    if "json" not in content_type or status not in (200, 400, 401, 422, 500):
+        return Verdict(EMPTY)
+    if status == 200:
+        response = decode_llm_response(body)
+        if response is None:
+            return gateway_verdict("json: cannot unmarshal the runner's answer into worker.LLMResponse")
+        return Verdict(SERVED, response=response)
+    if status == 422:
+        return Verdict(EMPTY)
+    msg = _http_error_msg(body)
+    if msg is None:
+        return gateway_verdict("json: cannot unmarshal the runner's error into worker.HTTPError")
+    return gateway_verdict(f"LLM container returned {status}: {msg}")
+
+
+def streaming_verdict(status: int) -> Verdict | None:
+    """A streaming /llm answer's status: None for 200 (read its body with read_stream).
+
+    ai/worker/worker.go handleStreamingResponse returns "unexpected status code: N" for any
+    other status without reading the body, so no refusal of a stream is ever a capacity error.
+    """
+    if status == 200:
+        return None
+    return gateway_verdict(f"unexpected status code: {status}")
+
+
+# ------------------------------------------------------------------------------------ versions
+
+# github.com/Masterminds/semver/v3 NewVersion (what go-livepeer parses runner versions with):
+# an optional "v", 1 to 3 numeric parts, then an optional pre-release and build metadata.
+_SEMVER = re.compile(
+    r"^v?(\d+)(?:\.(\d+))?(?:\.(\d+))?"
+    r"(?:-([0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*))?(?:\+([0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*))?$"
+)
+
+
+def parse_semver(text: str) -> tuple[int, int, int] | None:
+    """(major, minor, patch) as Masterminds/semver reads it, or None where NewVersion fails."""
+    match = _SEMVER.match(text)
+    if match is None:
+        return None
+    return int(match[1]), int(match[2] or 0), int(match[3] or 0)
+
+
+def advertised_version(versions: list[dict[str, Any]], pipeline: str, model_id: str) -> str:
+    """ai/worker/utils.go LowestVersion: the lowest parseable version among the runners' /version
+    answers whose pipeline and model_id equal the aiModels.json entry's; "" when none matches."""
+    best: tuple[tuple[int, int, int], str] | None = None
+    for version in versions:
+        if version.get("pipeline") != pipeline or version.get("model_id") != model_id:
+            continue
+        parsed = parse_semver(str(version.get("version", "")))
+        if parsed is not None and (best is None or parsed < best[0]):
+            best = (parsed, str(version["version"]))
+    return best[1] if best else ""
+
+
+def version_compatible(minimum: str, version: str) -> bool:
+    """core/capabilities.go isVersionCompatible: a gateway's minimum runner version against the
+    advertised one; pre-release suffixes are ignored, an empty or unparseable version fails."""
+    if not minimum:
+        return True
+    if version in ("", "undefined"):
+        return False
+    wanted, got = parse_semver(minimum), parse_semver(version)
+    if wanted is None:
+        return True
+    return got is not None and got >= wanted

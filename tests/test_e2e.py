@@ -17,14 +17,15 @@ from tests.client import call, stream
 from tests.conftest import RedisServer
 from tests.contract import response_schema, validate
 from tests.fake_ollama import FakeOllama
-from tests.golivepeer import read_stream
+from tests.golivepeer import read_stream, route_url
 from tests.stack import Stack
 
 pytestmark = pytest.mark.e2e
 
 LLAMA = "meta-llama/Meta-Llama-3.1-8B-Instruct"
 QWEN = "Qwen/Qwen2.5-7B-Instruct"
-MODELS = f"{LLAMA},{QWEN}"
+MISTRAL = "mistralai/Mistral-7B-Instruct-v0.3"
+MODELS = f"{LLAMA},{QWEN},{MISTRAL}"
 TOKEN = "s3cret-token"
 
 
@@ -156,6 +157,28 @@ def test_per_model_prefix_serves_that_model(runner: Runner) -> None:
     assert runner.fake.chat_records()[-1].model == "qwen2.5:7b"
     assert call("GET", f"{runner.url}/{QWEN}/health").json() == {"status": "OK"}
     assert call("GET", f"{runner.url}/no/such-model/version").status_code == 404
+
+
+@pytest.mark.parametrize("entry_url", ["{web}", "{web}/", "{web}/{model}", "{web}/{model}/"])
+@pytest.mark.parametrize("model", [LLAMA, QWEN, MISTRAL])
+def test_every_documented_route_answers_directly_as_go_livepeer_calls_it(
+    runner: Runner, entry_url: str, model: str
+) -> None:
+    base = entry_url.format(web=runner.url, model=model)
+    served = model if "{model}" in entry_url else LLAMA  # without a prefix: the default model
+    for operation in ("health", "version", "hardware/info", "hardware/stats"):
+        for url in (route_url(base, operation), route_url(base, operation) + "/"):
+            response = call("GET", url)  # fails on any 3xx
+            assert response.status_code == 200, url
+            assert response.headers["Content-Type"] == "application/json"
+            if operation != "health":
+                assert response.json()["model_id"] == served, url
+    for url in (route_url(base, "llm"), route_url(base, "llm") + "/"):
+        response = call("POST", url, json={"messages": [{"role": "user", "content": "alpha bravo"}], "max_tokens": 3})
+        assert response.status_code == 200, url
+        assert response.json()["model"] == served
+        streamed, lines = stream(url, {"messages": [{"role": "user", "content": "alpha"}], "stream": True})
+        assert streamed.status_code == 200 and read_stream(lines).finish_reason == "stop"
 
 
 def test_trailing_slash_and_root_routes(runner: Runner) -> None:

@@ -28,6 +28,12 @@ def build_app(settings: Settings | None = None) -> Flask:
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
+    # Answer every route directly, never with a redirect: go-livepeer POSTs to `<url>/llm` (its
+    # generated client, ai/worker/runner.gen.go NewGenLLMRequestWithBody) and a 308 costs a
+    # second round trip, or the job with a client that does not follow it.
+    app.url_map.strict_slashes = False
+    app.url_map.merge_slashes = False
+    app.url_map.redirect_defaults = False
     app.extensions[EXTENSION] = Runtime(settings, make_redis(settings.redis_url, max_connections=REDIS_CONNECTIONS))
     app.register_blueprint(bp)
     auth.install(app, settings)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 from flask import Blueprint, Response, jsonify, request
 
@@ -22,6 +23,7 @@ from web.validation import parse_llm_request
 logger = logging.getLogger(__name__)
 
 bp = Blueprint("runner", __name__)
+F = TypeVar("F", bound=Callable[..., Any])
 JOB_ID_HEADER = "X-Job-Id"
 
 
@@ -43,8 +45,18 @@ def _scope(rt: Runtime, model_id: str | None) -> ModelSpec | None:
     return spec
 
 
-@bp.get("/health")
-@bp.get("/<path:model_id>/health")
+def _routes(path: str, **options: object) -> Callable[[F], F]:
+    """Register a view at `path` and `path/`, both also under a per-model prefix, none redirecting."""
+
+    def register(view: F) -> F:
+        for rule in (path, f"{path}/", f"/<path:model_id>{path}", f"/<path:model_id>{path}/"):
+            bp.add_url_rule(rule, view_func=view, **options)  # type: ignore[arg-type]
+        return view
+
+    return register
+
+
+@_routes("/health", methods=["GET"])
 def health(model_id: str | None = None) -> Response:
     """Readiness for go-livepeer's start-up poll."""
     rt = runtime()
@@ -54,8 +66,7 @@ def health(model_id: str | None = None) -> Response:
     return jsonify(answers.health(records, rt.settings, scope.model_id if scope else None))
 
 
-@bp.get("/version")
-@bp.get("/<path:model_id>/version")
+@_routes("/version", methods=["GET"])
 def version(model_id: str | None = None) -> Response:
     """Pipeline, model_id and runner version."""
     rt = runtime()
@@ -63,12 +74,19 @@ def version(model_id: str | None = None) -> Response:
     return jsonify(answers.version(scope.model_id))
 
 
-@bp.get("/hardware/info", defaults={"stats": False})
-@bp.get("/<path:model_id>/hardware/info", defaults={"stats": False})
-@bp.get("/hardware/stats", defaults={"stats": True})
-@bp.get("/<path:model_id>/hardware/stats", defaults={"stats": True})
-def hardware(stats: bool, model_id: str | None = None) -> Response:
-    """The fleet's GPUs (those serving the prefix's model, under a prefix): identity, or live figures."""
+@_routes("/hardware/info", methods=["GET"])
+def hardware_info(model_id: str | None = None) -> Response:
+    """The fleet's GPUs (those that will serve the prefix's model, under a prefix): identity and memory."""
+    return _hardware(model_id, stats=False)
+
+
+@_routes("/hardware/stats", methods=["GET"])
+def hardware_stats(model_id: str | None = None) -> Response:
+    """The same GPUs' live figures: memory and utilisation."""
+    return _hardware(model_id, stats=True)
+
+
+def _hardware(model_id: str | None, *, stats: bool) -> Response:
     rt = runtime()
     scope = _scope(rt, model_id)
     shown = scope or rt.settings.default_model
@@ -83,10 +101,7 @@ def fleet() -> Response:
     return jsonify(answers.fleet(rt.fleet.view_or_none(), rt.settings))
 
 
-@bp.post("/llm")
-@bp.post("/llm/")
-@bp.post("/<path:model_id>/llm")
-@bp.post("/<path:model_id>/llm/")
+@_routes("/llm", methods=["POST"])
 def llm(model_id: str | None = None) -> Response:
     """Run one chat generation: SSE when `stream` is true, one JSON answer otherwise."""
     rt = runtime()  # the bearer token is checked before every route (web.auth)
