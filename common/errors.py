@@ -2,6 +2,18 @@
 
 from __future__ import annotations
 
+# go-livepeer's gateway retries a failed job on another orchestrator *and keeps this one in its
+# pool* only when the error's text contains this phrase, case-insensitively (server/ai_process.go,
+# isNoCapacityError); any other error takes the orchestrator out of the gateway's session pool.
+NO_ROOM = "insufficient capacity"
+# The reasons of the refusals that mean "no room right now": never a fault of the orchestrator.
+NO_ROOM_REASONS = frozenset({"queue_full", "queue_timeout", "no_worker", "shutdown", "busy", "admission"})
+
+
+def no_room(msg: str) -> str:
+    """`msg` as a refusal the gateway reads as "no room right now" (the phrase first, once)."""
+    return msg if NO_ROOM in msg.lower() else f"{NO_ROOM}: {msg}"
+
 
 class RunnerError(Exception):
     """Base of every error the runner raises on purpose; carries a message for a person."""
@@ -37,9 +49,13 @@ class Unauthorized(RunnerError):
 
 
 class CapacityError(RunnerError):
-    """The runner cannot take the job now (queue full, waited too long, no worker): 500."""
+    """The runner cannot take the job now (queue full, waited too long, no worker): 500 whose
+    message says `insufficient capacity`, so the gateway tries elsewhere and keeps us."""
 
     reason = "capacity"
+
+    def __init__(self, msg: str, *, reason: str | None = None) -> None:
+        super().__init__(no_room(msg), reason=reason)
 
 
 class QueueUnavailable(RunnerError):

@@ -90,6 +90,12 @@ class WorkerRecord:
         """Whether this worker takes jobs for the model now."""
         return self.state == READY and self.can_serve(model_id)
 
+    def will_serve(self, model_id: str) -> bool:
+        """Whether this worker serves the model, or is still provisioning and has not ruled it out."""
+        if self.state == PROVISIONING:
+            return model_id not in self.models or self.can_serve(model_id)
+        return self.serves(model_id)
+
     def to_json(self) -> str:
         """Serialise for Redis."""
         return json.dumps(asdict(self), separators=(",", ":"))

@@ -191,9 +191,10 @@ def test_a_full_queue_is_refused_at_once(stack: Stack, fake_ollama: FakeOllama, 
     asked = time.monotonic()
     response = call("POST", f"{stack.web_url}/llm", json=body("one too many"))
     assert time.monotonic() - asked < 1.0
-    assert response.status_code == 500 and "at capacity" in response.json()["detail"]["msg"]
+    assert response.status_code == 500
+    assert response.json()["detail"]["msg"].startswith("insufficient capacity: ")
     assert redis.llen(QUEUE_KEY) == 2  # the refused job is not left waiting
-    assert only_job(redis, "canceled")  # it was recorded as cancelled, never started
+    assert not [k for k in redis.scan_iter("rq:job:*") if redis.hget(k, "status") == b"canceled"]  # nor written
     assert record_for(fake_ollama, "one too many") is None
     for request in requests:
         request.close()
@@ -209,7 +210,7 @@ def test_a_job_that_waits_past_the_queue_timeout_is_answered_and_dropped(
     asked = time.monotonic()
     response = call("POST", f"{stack.web_url}/llm", json=body("patient"))
     assert 0.9 <= time.monotonic() - asked < 2.5
-    assert response.status_code == 500 and "no slot" in response.json()["detail"]["msg"]
+    assert response.status_code == 500 and "insufficient capacity: no slot" in response.json()["detail"]["msg"]
     assert redis.llen(QUEUE_KEY) == 0
     dropped = only_job(redis, "canceled")
     assert_nothing_lingers(redis, dropped)

@@ -9,29 +9,24 @@ import uuid
 from collections import deque
 from dataclasses import dataclass, field
 
-from redis import Redis
 from redis.exceptions import RedisError
-from rq import Queue
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.job_lifecycle import record_job_failure
 from rq.registry import StartedJobRegistry
 from rq.serializers import JSONSerializer
-from rq.utils import now
 
 from common import keys
-from common.errors import CapacityError, QueueUnavailable
+from common.errors import QueueUnavailable, RunnerError, no_room
 from common.events import Done, Failed, Ping, Started, Tokens, decode, sequence_of
-from common.fleet import capacity, why_unserved
-from common.jobs import FAILURE_TTL_S, QUEUED_TTL_MARGIN_S, RESULT_TTL_S, GenerateJob
+from common.jobs import GenerateJob
+from web import admission
 from web.client import ClientWatch
 from web.hub import RESYNC, TICK
 from web.runtime import Runtime
 from web.validation import LLMRequest
 
 logger = logging.getLogger(__name__)
-
-MIN_DEFAULT_QUEUE = 4
 
 Answer = Tokens | Done | Failed
 
@@ -60,41 +55,6 @@ class JobTrace:
     reason: str = ""
 
 
-def place_job(redis: Redis, q: Queue, job_id: str, job: GenerateJob, queue_timeout_s: float) -> int:
-    """Put an RQ job on its queue; returns how many jobs were waiting before it.
-
-    One round trip without MULTI/EXEC (Queue.enqueue opens a transaction, 40 % slower here, on
-    every request's path): the job's hash is written before its id is pushed, so a worker never
-    pops an id whose job is missing.
-    """
-    rq_job = q.create_job(
-        keys.GENERATE_JOB,
-        args=(job.to_payload(),),
-        job_id=job_id,
-        description=job.describe(),
-        timeout=-1,
-        result_ttl=RESULT_TTL_S,
-        failure_ttl=FAILURE_TTL_S,
-        ttl=int(queue_timeout_s) + QUEUED_TTL_MARGIN_S,
-    )
-    rq_job.enqueued_at = now()
-    with redis.pipeline(transaction=False) as pipe:
-        pipe.llen(q.key)
-        rq_job.save(pipeline=pipe)
-        rq_job.cleanup(ttl=rq_job.ttl, pipeline=pipe)
-        pipe.sadd(q.redis_queues_keys, q.key)
-        q.push_job_id(job_id, pipeline=pipe)
-        waiting: int = pipe.execute()[0]
-    return waiting
-
-
-def max_queue(rt: Runtime, model_id: str) -> int:
-    """How many jobs may wait for this model: MAX_QUEUE, or twice the fleet's slots for it."""
-    if rt.settings.max_queue is not None:
-        return rt.settings.max_queue
-    return max(MIN_DEFAULT_QUEUE, 2 * capacity(rt.fleet.view(), model_id))
-
-
 class JobRelay:
     """One request's job: placed in its model's queue, then followed through the event hub."""
 
@@ -114,21 +74,18 @@ class JobRelay:
         self._ready: deque[Answer] = deque()
 
     def submit(self) -> None:
-        """Check capacity and enqueue; raises CapacityError or QueueUnavailable, answering at once."""
-        with self.rt.admission:
+        """Check for room and enqueue; raises CapacityError, RunnerError or QueueUnavailable at once.
+
+        A refused job leaves nothing in Redis and costs the workers nothing.
+        """
+        with admission.gate(self.rt):
             self._submit()
 
     def _submit(self) -> None:
         rt, model_id = self.rt, self.request.model.model_id
         rt.hub.ensure_running()
         try:
-            fleet = rt.fleet.view()
-            if not any(record.serves(model_id) for record in fleet):
-                fleet = rt.fleet.view(fresh=True)  # a worker may have joined since the last read
-            if not any(record.serves(model_id) for record in fleet):
-                raise CapacityError(why_unserved(fleet, model_id), reason="no_worker")
-            q = rt.queue(model_id)
-            limit = max_queue(rt, model_id)
+            space = admission.room(rt, model_id, stream=self.request.stream)
             self._inbox = rt.hub.register(self.job_id)
             job = GenerateJob(
                 reply_to=rt.hub.channel,
@@ -141,17 +98,11 @@ class JobRelay:
                 top_k=self.request.top_k,
                 stream=self.request.stream,
             )
-            waiting = place_job(rt.redis, q, self.job_id, job, rt.settings.queue_timeout_s)
-            if waiting >= limit:
-                self._cancel("queue full")
-                raise CapacityError(
-                    f"runner at capacity: {waiting} jobs already wait for {model_id!r} (MAX_QUEUE {limit})",
-                    reason="queue_full",
-                )
+            admission.place(rt, rt.queue(model_id), self.job_id, job, space)
         except (RedisError, OSError) as exc:
             self._release()
             raise QueueUnavailable(f"the runner's queue (Redis) is unavailable: {exc}") from None
-        except CapacityError as exc:
+        except RunnerError as exc:
             self._release()
             self.trace.outcome, self.trace.reason = "rejected", exc.reason
             raise
@@ -296,12 +247,14 @@ class JobRelay:
             raise ClientGone
         rt = self.rt
         if rt.draining_since is not None and now - rt.draining_since >= rt.settings.shutdown_grace_s:
-            return self._give_up("the runner is shutting down; retry on another orchestrator", "shutdown")
+            return self._give_up(no_room("the runner is shutting down; retry on another orchestrator"), "shutdown")
         if self.trace.started_at is None:
             if now >= self._queue_deadline:
                 return self._give_up(
-                    f"runner at capacity: no slot for {self.request.model.model_id!r} became free within "
-                    f"{rt.settings.queue_timeout_s:g} s",
+                    no_room(
+                        f"no slot for {self.request.model.model_id!r} became free within "
+                        f"{rt.settings.queue_timeout_s:g} s (QUEUE_TIMEOUT_S)"
+                    ),
                     "queue_timeout",
                 )
         elif now - self._last_heard >= rt.settings.worker_silence_s:
@@ -321,15 +274,19 @@ class JobRelay:
         return Failed(msg, 500, reason)
 
     def _cancel(self, why: str) -> None:
-        """Tell every worker to drop the job, and take it off its queue if no worker has it yet."""
+        """Take the job off its queue if no worker has taken it yet; else tell the workers to drop it.
+
+        Only a job a worker may hold is broadcast on the cancel channel, which every worker reads.
+        """
         self._finished = True
         redis = self.rt.redis
         try:
-            redis.publish(keys.cancel_channel(), self.job_id)
-            if self.trace.started_at is None:
+            queue = self.rt.queue(self.request.model.model_id)
+            if self.trace.started_at is None and redis.lrem(queue.key, 1, self.job_id):
                 job = Job.fetch(self.job_id, connection=redis, serializer=JSONSerializer)
-                if job.get_status(refresh=False) == JobStatus.QUEUED:
-                    job.cancel()
+                job.cancel()  # RQ's own record of it: canceled, in the CanceledJobRegistry
+            else:
+                redis.publish(keys.cancel_channel(), self.job_id)
             logger.info("job %s: cancelled (%s)", self.job_id, why)
         except (RedisError, OSError, NoSuchJobError, InvalidJobOperation) as exc:
             logger.warning("job %s: cancel (%s) incomplete: %s", self.job_id, why, exc)

@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 from flask import Blueprint, Response, jsonify, request
 
-from common.errors import BadRequest, QueueUnavailable, RunnerError
+from common.errors import NO_ROOM_REASONS, BadRequest, CapacityError, QueueUnavailable, RunnerError
 from common.events import Done, Failed, Tokens
 from common.models import ModelSpec
 from web import answers, metrics
@@ -163,8 +163,11 @@ def _finish(relay: JobRelay) -> None:
 
 
 def _error(failed: Failed) -> RunnerError:
+    """The error a job's failure answers with; a "no room right now" failure says so to the gateway."""
     if failed.status == 400:
         return BadRequest(failed.msg, reason=failed.reason)
+    if failed.reason in NO_ROOM_REASONS:
+        return CapacityError(failed.msg, reason=failed.reason)
     return RunnerError(failed.msg, reason=failed.reason)
 
 

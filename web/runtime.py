@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from concurrent.futures import Future
 
 from flask import Flask, current_app
 from redis import Redis
@@ -15,14 +16,11 @@ from rq.serializers import JSONSerializer
 from common import keys
 from common.fleet import WorkerRecord, read_fleet
 from common.settings import Settings
+from web.admission import ADMISSION_SLOTS, PLACE_SCRIPT
 from web.hub import EventHub
 
 EXTENSION = "llm_runner"
 FLEET_CACHE_S = 1.0
-# Requests placing their job at once. A burst of hundreds all in flight together would finish
-# together, late (each yields at its Redis round trip to all the others); a few at a time, the
-# first jobs reach the workers while the rest are still being placed.
-ADMISSION_SLOTS = 8
 
 
 class FleetCache:
@@ -34,16 +32,31 @@ class FleetCache:
         self._records: list[WorkerRecord] = []
         self._read_at = float("-inf")
         self._lock = threading.Lock()
+        self._reading: Future[list[WorkerRecord]] | None = None
 
     def view(self, *, fresh: bool = False) -> list[WorkerRecord]:
-        """Live workers (re-read if `fresh`); raises RedisError if Redis cannot be read."""
+        """Live workers (re-read if `fresh`); raises RedisError if Redis cannot be read.
+
+        One read at a time: callers that arrive while one is under way share its outcome, so a
+        stuck Redis costs each of them one read's timeout, not one per caller ahead of it.
+        """
         if not fresh and time.monotonic() - self._read_at < self._max_age:
             return self._records
         with self._lock:
-            if fresh or time.monotonic() - self._read_at >= self._max_age:
+            reading, lead = self._reading, self._reading is None
+            if reading is None:
+                reading = self._reading = Future()
+        if lead:
+            try:
                 self._records = read_fleet(self._redis)
                 self._read_at = time.monotonic()
-        return self._records
+                reading.set_result(self._records)
+            except BaseException as exc:
+                reading.set_exception(exc)
+            finally:
+                with self._lock:
+                    self._reading = None
+        return reading.result()
 
     def view_or_none(self) -> list[WorkerRecord] | None:
         """Like view(), but None while Redis is unreachable."""
@@ -64,6 +77,7 @@ class Runtime:
         self.fleet = FleetCache(redis)
         self.draining_since: float | None = None
         self.admission = threading.BoundedSemaphore(ADMISSION_SLOTS)
+        self.place_script = redis.register_script(PLACE_SCRIPT)
         self._queues: dict[str, Queue] = {}
 
     def queue(self, model_id: str) -> Queue:
