@@ -58,6 +58,7 @@ class Settings:
     max_body_bytes: int = 1 << 20
     max_messages: int = 256
     max_prompt_chars: int = 200_000
+    # The most tokens one job generates: a larger max_tokens is served up to it, never refused.
     max_tokens_limit: int = 8192
     shutdown_grace_s: float = 10.0
     # Prompts in Redis: kept this long after a job ends, or (drop_prompts_at_start) not past its start.

@@ -17,7 +17,7 @@ from tests.client import call, stream
 from tests.conftest import RedisServer
 from tests.contract import response_schema, validate
 from tests.fake_ollama import FakeOllama
-from tests.golivepeer import read_stream, route_url
+from tests.golivepeer import SERVED, non_streaming_verdict, read_stream, route_url
 from tests.stack import Stack
 
 pytestmark = pytest.mark.e2e
@@ -124,6 +124,19 @@ def test_max_tokens_ends_with_length(runner: Runner) -> None:
     assert result.finish_reason == "length" and result.usage["completion_tokens"] == 4
 
 
+def test_a_max_tokens_of_100000_is_served_and_bounded_by_the_context(runner: Runner) -> None:
+    answer = call("POST", f"{runner.url}/llm", json=body(max_tokens=100_000))
+    assert answer.status_code == 200
+    assert non_streaming_verdict(200, answer.headers["Content-Type"], answer.content).outcome == SERVED
+    assert answer.json()["choices"][0]["finish_reason"] == "stop"
+    assert runner.fake.chat_records()[-1].body["options"]["num_predict"] == 4096  # NUM_CTX
+    runner.fake.set_behavior("*", tokens_per_s=100_000, reply_tokens=5000)  # more than the context holds
+    response, lines = stream(f"{runner.url}/llm", body(stream=True, max_tokens=100_000))
+    result = read_stream(lines)
+    assert response.status_code == 200 and result.finish_reason == "length"
+    assert result.usage["completion_tokens"] == 4096
+
+
 def test_unicode_and_control_characters_arrive_byte_for_byte(runner: Runner) -> None:
     tokens = ["Grüße ", "日本語", " 🎉", '"quoted"', "\n\n", "tab\t", "\\", "\u2028", "data: x"]
     runner.fake.set_behavior("*", tokens=tokens)
@@ -202,7 +215,7 @@ def test_health_is_ok_once_every_model_is_served(runner: Runner) -> None:
 
 def test_bad_requests_are_400_with_detail(runner: Runner) -> None:
     for payload in (b"{", b"[]", json.dumps({"messages": []}).encode(), json.dumps(body(model="gpt-4")).encode(),
-                    json.dumps(body(max_tokens=-1)).encode()):  # fmt: skip
+                    json.dumps(body(max_tokens=0)).encode()):  # fmt: skip
         response = call("POST", f"{runner.url}/llm", data=payload, headers={"Content-Type": "application/json"})
         assert response.status_code == 400, payload
         assert response.headers["Content-Type"] == "application/json"

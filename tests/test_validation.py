@@ -74,8 +74,8 @@ def test_other_fields_are_ignored_and_other_models_resolve() -> None:
         ({"messages": [{"role": "user", "content": "x"}], "max_tokens": "10"}, "'max_tokens' must be an integer"),
         ({"messages": [{"role": "user", "content": "x"}], "max_tokens": 1.5}, "'max_tokens' must be an integer"),
         ({"messages": [{"role": "user", "content": "x"}], "max_tokens": True}, "'max_tokens' must be an integer"),
-        ({"messages": [{"role": "user", "content": "x"}], "max_tokens": 0}, "'max_tokens' must be between 1"),
-        ({"messages": [{"role": "user", "content": "x"}], "max_tokens": 10**9}, "'max_tokens' must be between"),
+        ({"messages": [{"role": "user", "content": "x"}], "max_tokens": 0}, "'max_tokens' must be at least 1"),
+        ({"messages": [{"role": "user", "content": "x"}], "max_tokens": -3}, "'max_tokens' must be at least 1"),
         ({"messages": [{"role": "user", "content": "x"}], "temperature": 2.5}, "'temperature' must be between"),
         ({"messages": [{"role": "user", "content": "x"}], "temperature": "hot"}, "'temperature' must be a number"),
         ({"messages": [{"role": "user", "content": "x"}], "top_p": -0.1}, "'top_p' must be between"),
@@ -101,8 +101,13 @@ def test_limits_on_messages_and_length_are_configurable() -> None:
         parse({"messages": [{"role": "user", "content": "a"}] * 3}, tight)
     with pytest.raises(BadRequest, match="too long"):
         parse({"messages": [{"role": "user", "content": "x" * 11}]}, tight)
-    with pytest.raises(BadRequest, match="between 1 and 5"):
-        parse({"messages": [{"role": "user", "content": "x"}], "max_tokens": 6}, tight)
+    assert parse({"messages": [{"role": "user", "content": "x"}], "max_tokens": 6}, tight).max_tokens == 5
+
+
+@pytest.mark.parametrize("asked", [8192, 8193, 100_000, 10**9, 2**63 - 1, 10**30, 1e6])
+def test_any_max_tokens_of_at_least_one_is_accepted_and_bounded_by_max_tokens(asked: int) -> None:
+    req = parse({"messages": [{"role": "user", "content": "x"}], "max_tokens": asked})
+    assert req.max_tokens == min(int(asked), SETTINGS.max_tokens_limit) == min(int(asked), 8192)
 
 
 def test_nulls_mean_defaults_and_integral_floats_are_integers() -> None:

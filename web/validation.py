@@ -36,7 +36,10 @@ def parse_llm_request(body: bytes, settings: Settings, default_model: ModelSpec)
     return LLMRequest(
         model=_model(data.get("model"), settings, default_model),
         messages=_messages(data.get("messages"), settings),
-        max_tokens=_integer(data, "max_tokens", 256, low=1, high=settings.max_tokens_limit),
+        # Any max_tokens >= 1 is served, as by Livepeer's reference runner (go-livepeer has already
+        # charged the user for it): the generation stops at MAX_TOKENS or when the model's
+        # context is full, with finish_reason "length".
+        max_tokens=min(_integer(data, "max_tokens", 256, low=1), settings.max_tokens_limit),
         temperature=_number(data, "temperature", 0.7, low=0.0, high=2.0),
         top_p=_number(data, "top_p", 1.0, low=0.0, high=1.0),
         top_k=_integer(data, "top_k", -1, low=-MAX_TOP_K, high=MAX_TOP_K),
@@ -104,7 +107,7 @@ def _messages(value: Any, settings: Settings) -> list[dict[str, str]]:
     return messages
 
 
-def _integer(data: dict[str, Any], name: str, default: int, *, low: int, high: int) -> int:
+def _integer(data: dict[str, Any], name: str, default: int, *, low: int, high: int | None = None) -> int:
     value = data.get(name)
     if value is None:
         return default
@@ -114,7 +117,9 @@ def _integer(data: dict[str, Any], name: str, default: int, *, low: int, high: i
         if not value.is_integer():
             raise BadRequest(f"'{name}' must be an integer; got {value!r}")
         value = int(value)
-    if not low <= value <= high:
+    if high is None and value < low:
+        raise BadRequest(f"'{name}' must be at least {low}; got {value}")
+    if high is not None and not low <= value <= high:
         raise BadRequest(f"'{name}' must be between {low} and {high}; got {value}")
     return value
 
