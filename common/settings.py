@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 
 from common.errors import ConfigError
 from common.models import DEFAULT_MODELS, ModelSpec, parse_models
+from common.version import SEMVER, __version__
 
 KV_TYPES = ("F16", "Q8_0", "Q4_0")
 # Ollama accepts keep_alive as a number of seconds or as a Go duration string.
@@ -70,6 +71,8 @@ class Settings:
     header_timeout_s: float = 10.0
     send_timeout_s: float = 30.0
     log_level: str = "INFO"
+    # What /version reports: ours, or the operator's (VERSION, as Livepeer's reference runner).
+    version: str = __version__
 
     @property
     def default_model(self) -> ModelSpec:
@@ -137,6 +140,7 @@ class Settings:
             header_timeout_s=env.number("HEADER_TIMEOUT_S", cls.header_timeout_s, low=0.1),
             send_timeout_s=env.number("SEND_TIMEOUT_S", cls.send_timeout_s, low=0.1),
             log_level=env.choice("LOG_LEVEL", cls.log_level, ("DEBUG", "INFO", "WARNING", "ERROR")),
+            version=env.semver("VERSION", cls.version),
         )
 
 
@@ -197,6 +201,14 @@ class _Env:
             return default
         if raw not in options:
             raise ConfigError(f"{name}: expected one of {', '.join(options)}, got {raw!r}")
+        return raw
+
+    def semver(self, name: str, default: str) -> str:
+        raw = self.text(name)
+        if not raw:
+            return default
+        if not SEMVER.match(raw):
+            raise ConfigError(f"{name}: expected a semantic version such as 0.14.2, got {raw!r}")
         return raw
 
     def url(self, name: str, default: str, *, schemes: tuple[str, ...]) -> str:

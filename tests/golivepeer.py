@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urljoin
@@ -296,6 +297,47 @@ def streaming_verdict(status: int) -> Verdict | None:
     if status == 200:
         return None
     return gateway_verdict(f"unexpected status code: {status}")
+
+
+# ------------------------------------------------------------------------------------- startup
+
+
+@dataclass
+class Registered:
+    """What go-livepeer keeps about an external runner once it has started using it."""
+
+    is_loading: bool
+    hardware: dict[str, Any]
+    version: dict[str, Any]
+
+
+def register_external_runner(
+    get: Callable[[str], tuple[int, Any]], entry_url: str, pipeline: str, model_id: str, *, polls: int = 240
+) -> Registered:
+    """ai/worker/container.go NewRunnerContainer, for an aiModels.json entry with a `url`.
+
+    `get(url)` returns (status, decoded JSON or None). runnerWaitUntilReady polls /health every
+    500 ms (2 minutes, externalContainerTimeout in ai/worker/docker.go): a non-200 or no answer
+    polls again, `ERROR` stops the node, any other status is ready, `LOADING` included. Then
+    /hardware/info is read once (getRunnerHardware: on failure, no GPU info) and /version once
+    (on failure, version 0.0.0 for the entry's model_id). Neither is read again.
+    """
+    for _ in range(polls):
+        status, health = get(route_url(entry_url, "health"))
+        if status == 200 and isinstance(health, dict):
+            if health.get("status") == "ERROR":
+                raise GoCrash("runner is in error state: go-livepeer does not start")
+            break
+        time.sleep(0.5)
+    else:
+        raise GoCrash("timed out waiting for runner: go-livepeer does not start")
+    status, hardware = get(route_url(entry_url, "hardware/info"))
+    if status != 200 or not isinstance(hardware, dict):
+        hardware = {"pipeline": pipeline, "model_id": model_id, "gpu_info": None}
+    status, version = get(route_url(entry_url, "version"))
+    if status != 200 or not isinstance(version, dict):
+        version = {"pipeline": pipeline, "model_id": model_id, "version": "0.0.0"}
+    return Registered(health.get("status") == "LOADING", hardware, version)
 
 
 # ------------------------------------------------------------------------------------ versions

@@ -7,6 +7,8 @@ import pytest
 from common.errors import ConfigError
 from common.models import ModelSpec, parse_models
 from common.settings import Settings
+from common.version import __version__
+from tests.golivepeer import parse_semver
 
 
 def test_defaults_match_the_documented_ones() -> None:
@@ -18,6 +20,7 @@ def test_defaults_match_the_documented_ones() -> None:
     assert s.models == (ModelSpec("meta-llama/Meta-Llama-3.1-8B-Instruct", "llama3.1:8b"),)
     assert s.default_model.model_id == "meta-llama/Meta-Llama-3.1-8B-Instruct"
     assert s.slots == 1 and s.num_ctx == 4096 and s.keep_alive == -1
+    assert s.version == __version__ and parse_semver(s.version) is not None
 
 
 def test_every_variable_is_read() -> None:
@@ -38,6 +41,7 @@ def test_every_variable_is_read() -> None:
             "PULL_MODELS": "false",
             "OLLAMA_IDLE_TIMEOUT_S": "3",
             "MAX_TOKENS": "100",
+            "VERSION": "0.14.2",
         }
     )
     assert s.redis_url == "redis://r:1/2" and s.port == 9000
@@ -48,6 +52,7 @@ def test_every_variable_is_read() -> None:
     assert (s.num_ctx, s.keep_alive, s.pull_models, s.idle_timeout_s, s.max_tokens_limit) == (
         8192, "10m", False, 3.0, 100
     )  # fmt: skip
+    assert s.version == "0.14.2"
 
 
 @pytest.mark.parametrize(
@@ -66,6 +71,8 @@ def test_every_variable_is_read() -> None:
         ({"MODELS": "a=x, a=y"}, "MODELS"),
         ({"MODELS": " , "}, "MODELS"),
         ({"LOG_LEVEL": "loud"}, "LOG_LEVEL"),
+        ({"VERSION": "undefined"}, "VERSION"),
+        ({"VERSION": "1.2.3.4"}, "VERSION"),
     ],
 )
 def test_a_bad_value_fails_naming_its_variable(env: dict[str, str], named: str) -> None:
@@ -81,3 +88,8 @@ def test_keep_alive_seconds_become_a_number() -> None:
 def test_unknown_model_message_says_how_to_fix_it() -> None:
     with pytest.raises(ConfigError, match="some/model=<ollama tag>"):
         parse_models("some/model")
+
+
+@pytest.mark.parametrize("value", ["0.14.2", "v1", "1.2", "0.0.1-dev.3", "2.0.0+build.7"])
+def test_version_takes_what_go_livepeer_parses_as_semver(value: str) -> None:
+    assert Settings.from_env({"VERSION": value}).version == value and parse_semver(value) is not None

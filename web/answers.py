@@ -7,7 +7,6 @@ from typing import Any
 
 from common.fleet import WorkerRecord, capacity, fleet_status, model_status, why_unserved
 from common.settings import Settings
-from common.version import __version__
 
 PIPELINE = "llm"
 
@@ -21,21 +20,26 @@ def health(records: list[WorkerRecord] | None, settings: Settings, model_id: str
     return {"status": model_status(records, model_id)}
 
 
-def version(model_id: str) -> dict[str, str]:
-    """`/version`: the pipeline, the model_id go-livepeer matches against, our version."""
-    return {"pipeline": PIPELINE, "model_id": model_id, "version": __version__}
+def version(model_id: str, runner_version: str) -> dict[str, str]:
+    """`/version`: the pipeline, the model_id go-livepeer matches against (ai/worker/utils.go
+    LowestVersion keeps only answers whose model_id is the aiModels.json entry's), our version."""
+    return {"pipeline": PIPELINE, "model_id": model_id, "version": runner_version}
 
 
 def _gpus(records: list[WorkerRecord], model_id: str | None) -> dict[str, WorkerRecord]:
-    """The fleet's GPUs, one record each, numbered "0", "1", … in (host, GPU index) order.
+    """The fleet's GPUs, one record each, numbered "0", "1", … in (host, GPU index) order; for a
+    model, those of the workers that serve it or are still provisioning and may.
 
-    A fleet spans hosts and containers (each of which numbers its own GPUs from 0), so the keys
-    are positions in the fleet; each entry's `id` is the GPU's UUID.
+    go-livepeer reads /hardware/info once, as soon as /health first answers, LOADING included
+    (ai/worker/container.go NewRunnerContainer): workers are usually still pulling or loading
+    then, and their GPUs are what it must record. A fleet spans hosts and containers (each of
+    which numbers its own GPUs from 0), so the keys are positions in the fleet; each entry's
+    `id` is the GPU's UUID.
     """
     gpus: dict[str, WorkerRecord] = {}
     seen: set[str] = set()
     for record in records:  # read_fleet sorts by host, then GPU index
-        if record.gpu is None or record.gpu.uuid in seen or (model_id is not None and not record.serves(model_id)):
+        if record.gpu is None or record.gpu.uuid in seen or (model_id is not None and not record.will_serve(model_id)):
             continue
         seen.add(record.gpu.uuid)
         gpus[str(len(gpus))] = record

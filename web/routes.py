@@ -71,7 +71,7 @@ def version(model_id: str | None = None) -> Response:
     """Pipeline, model_id and runner version."""
     rt = runtime()
     scope = _scope(rt, model_id) or rt.settings.default_model
-    return jsonify(answers.version(scope.model_id))
+    return jsonify(answers.version(scope.model_id, rt.settings.version))
 
 
 @_routes("/hardware/info", methods=["GET"])
