@@ -137,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     pull.set_defaults(func=cmd_models_pull)
     ai = sub.add_parser("aimodels", help="print aiModels.json entries for go-livepeer (capacity from the fleet)")
     ai.add_argument(
-        "--url", required=True, help="this runner's URL as go-livepeer reaches it, e.g. http://llm-runner:8000"
+        "--url", required=True, help="this runner's URL as go-livepeer reaches it, e.g. http://web:8000"
     )
     ai.add_argument("--token", help="bearer token go-livepeer sends (default: AUTH_TOKEN)")
     ai.add_argument("--usd-per-million-tokens", type=float, default=0.0, help="price of every model (default 0)")

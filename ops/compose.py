@@ -67,6 +67,7 @@ _NOTES: tuple[tuple[str, str], ...] = (
     ("- -orchestrator", "Not set: -pricePerUnit (with -aiWorker, aiModels.json prices each model), -nvidia."),
     ("-aiRunnerImageOverrides=", "go-livepeer may pull the llm image even for `url` models: name ours, already local."),
     ("- /var/run/docker.sock:", "-aiWorker lists its managed containers through the Docker API at start, or exits."),
+    ("-startupAvailabilityCheck=", "Else it exits at start when it cannot reach its own -serviceAddr (NAT, tests)."),
 )
 
 
@@ -126,7 +127,7 @@ def render_compose(
         services[f"worker-gpu{gpu}"] = _worker(gpu, image)
         volumes[f"ollama-gpu{gpu}"] = {}
     if include_golivepeer:
-        services["go-livepeer"] = _golivepeer(image)
+        services["go-livepeer"] = _golivepeer(image, gpus)
         volumes["golivepeer-data"] = {}
     document = {
         "name": "llm-runner",
@@ -377,7 +378,7 @@ def _worker(gpu: int, image: str) -> dict[str, Any]:
     }
 
 
-def _golivepeer(image: str) -> dict[str, Any]:
+def _golivepeer(image: str, gpus: list[int]) -> dict[str, Any]:
     overrides = json.dumps({"batch": {"llm": image}}, separators=(",", ":"))
     return {
         "image": GOLIVEPEER_IMAGE,
@@ -395,6 +396,7 @@ def _golivepeer(image: str) -> dict[str, Any]:
             "-ethUrl=${GOLIVEPEER_ETH_URL:-}",
             "-ethOrchAddr=${GOLIVEPEER_ETH_ORCH_ADDR:-}",
             "-ethPassword=${GOLIVEPEER_ETH_PASSWORD:-}",
+            "-startupAvailabilityCheck=false",
         ],
         "volumes": [
             {
@@ -408,7 +410,11 @@ def _golivepeer(image: str) -> dict[str, Any]:
             "/var/run/docker.sock:/var/run/docker.sock",
         ],
         "ports": [f"${{GOLIVEPEER_PORT:-{GOLIVEPEER_PORT}}}:{GOLIVEPEER_PORT}"],
-        "depends_on": {"web": {"condition": "service_healthy"}},
+        # go-livepeer reads /hardware/info once, at start: the workers must have registered their GPUs.
+        "depends_on": {
+            "web": {"condition": "service_healthy"},
+            **{f"worker-gpu{gpu}": {"condition": "service_healthy"} for gpu in gpus},
+        },
         "restart": "unless-stopped",
         # No curl in that image either; bash's /dev/tcp tells whether the node listens yet.
         "healthcheck": {

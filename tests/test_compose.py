@@ -42,7 +42,7 @@ NON_SETTINGS = {
 # go-livepeer flags the generator may use: each checked in go-livepeer's cmd/livepeer/starter/flags.go.
 GOLIVEPEER_FLAGS = {
     "orchestrator", "aiWorker", "aiModels", "aiRunnerImageOverrides", "serviceAddr", "httpAddr", "network",
-    "ethUrl", "ethOrchAddr", "ethPassword",
+    "ethUrl", "ethOrchAddr", "ethPassword", "startupAvailabilityCheck",
 }  # fmt: skip
 
 INTERPOLATION = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}")
@@ -454,7 +454,8 @@ def test_golivepeer_service() -> None:
     assert mounts[values["aiModels"]]["read_only"] is True
     overrides = json.loads(values["aiRunnerImageOverrides"])
     assert overrides["batch"]["llm"] == services("docker-compose.golivepeer.yml")["web"]["image"]
-    assert service["depends_on"] == {"web": {"condition": "service_healthy"}}
+    healthy = {"condition": "service_healthy"}
+    assert service["depends_on"] == {"web": healthy, "worker-gpu0": healthy}  # their GPUs registered first
     for name in ("docker-compose.yml", "docker-compose.2gpu.yml"):
         assert "go-livepeer" not in services(name)
 
