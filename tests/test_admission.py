@@ -17,6 +17,7 @@ from rq.serializers import JSONSerializer
 
 from common import keys
 from common.errors import NO_ROOM, CapacityError, RunnerError
+from common.events import Failed
 from common.fleet import PROVISIONING, READY, GpuInfo, ModelFit, WorkerRecord, announce, read_fleet
 from common.jobs import GenerateJob
 from common.models import parse_models
@@ -28,6 +29,7 @@ from tests.golivepeer import RETRIED, non_streaming_verdict, read_stream
 from tests.rawclient import RawRequest
 from tests.stack import Stack, wait_until
 from web import admission
+from web.routes import _error as job_error
 from web.runtime import Runtime
 
 LLAMA = "meta-llama/Meta-Llama-3.1-8B-Instruct"
@@ -125,6 +127,21 @@ def test_the_admission_wait_is_bounded(runtime_for: Any, monkeypatch: pytest.Mon
     with pytest.raises(CapacityError) as caught, admission.gate(rt):
         pass
     assert 0.2 <= time.monotonic() - asked < 2 and caught.value.reason == "admission"
+
+
+@pytest.mark.parametrize(
+    ("failed", "no_room"),
+    [
+        (Failed("the worker is shutting down; retry on another orchestrator", 500, "shutdown"), True),
+        (Failed("Ollama at http://o is busy: server busy", 500, "busy"), True),
+        (Failed("worker w stopped responding", 500, "worker_lost"), False),
+        (Failed("Ollama failed: CUDA error", 500, "ollama_error"), False),
+    ],
+)
+def test_a_failed_job_says_no_room_only_when_it_is(failed: Failed, no_room: bool) -> None:
+    error = job_error(failed)
+    assert error.status == 500 and error.msg.startswith(f"{NO_ROOM}: ") is no_room
+    assert failed.msg in error.msg
 
 
 # --- the real stack --------------------------------------------------------------------------------
