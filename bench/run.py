@@ -21,7 +21,7 @@ from bench.procs import StartError
 from bench.real import available, render_real, run_real
 from bench.report import render
 from bench.scenarios import Results, Verifier, run_all
-from bench.stack import Stack
+from bench.stack import NUM_CTX, VRAM_MB, Stack
 
 
 def machine() -> str:
@@ -108,8 +108,9 @@ def execute(p: Params) -> int:
         "parameters": ", ".join(f"{k}={v}" for k, v in p.describe().items() if k != "out"),
         "notes": "the client's CPU competes with the servers on the same cores (see the CPU table); "
         "TTFT = before connecting → first content token parsed; the fake's listen backlog is raised to "
-        "somaxconn as Go's (real Ollama's) is; the worker gets VRAM_MB=1 TiB (its KV estimate for "
-        f"{max(p.ns)} slots × 4096 ctx must fit), MAX_TOKENS and MAX_QUEUE raised so nothing is refused",
+        f"somaxconn as Go's (real Ollama's) is; the worker gets NUM_CTX={NUM_CTX} (the relay's answer "
+        f"must fit the context) and VRAM_MB={VRAM_MB} (its KV estimate for {max(p.ns)} slots × that "
+        "context must fit), MAX_TOKENS and MAX_QUEUE raised so nothing is refused",
     }
     if evidence:
         meta["TTFT breakdown"] = evidence

@@ -19,8 +19,10 @@ from ops.supervise import free_port, web_command, worker_command
 
 REPO = Path(__file__).resolve().parent.parent
 FAKE_NVML = REPO / "tests" / "fake_nvml"
-# A fake GPU big enough for the default model's KV cache at NUM_CTX 4096 × the bench's slots.
-VRAM_MB = 1 << 20
+# A context that holds the relay's longest answer (generation stops when the context is full),
+# and a fake GPU big enough for the default model's KV cache at that NUM_CTX × the bench's slots.
+NUM_CTX = 32768
+VRAM_MB = 1 << 24
 
 
 class Stack:
@@ -80,6 +82,7 @@ class Stack:
             OLLAMA_NUM_PARALLEL=str(self.slots),
             MAX_QUEUE="100000",
             MAX_TOKENS="1000000",
+            NUM_CTX=str(NUM_CTX),
             VRAM_MB=str(VRAM_MB),
             PYTHONPATH=os.pathsep.join([str(FAKE_NVML), str(REPO)]),
             PYTHONUNBUFFERED="1",
