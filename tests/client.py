@@ -6,6 +6,7 @@ the URL it called (a 308 costs it a second round trip, or the job).
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
 from typing import Any
 
@@ -32,6 +33,14 @@ def assert_not_redirected(response: requests.Response) -> None:
         f"{response.request.method} {response.url} answered {response.status_code} "
         f"(Location: {response.headers.get('Location')})"
     )
+
+
+def free_redis_url() -> str:
+    """A Redis URL on a port nobody listens on (connections are refused at once)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"redis://127.0.0.1:{port}/0"
 
 
 def split_lines(chunks: Iterator[bytes]) -> Iterator[bytes]:

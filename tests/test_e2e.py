@@ -220,7 +220,8 @@ def test_bad_requests_are_400_with_detail(runner: Runner) -> None:
         assert response.status_code == 400, payload
         assert response.headers["Content-Type"] == "application/json"
         validate("HTTPError", response.json())
-        assert response.json()["detail"]["msg"]
+        verdict = non_streaming_verdict(400, response.headers["Content-Type"], response.content)
+        assert verdict.bad_request == f": {response.json()['detail']['msg']}"  # what the user is told
 
 
 def test_unknown_model_in_the_url_is_400(runner: Runner) -> None:
