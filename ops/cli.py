@@ -136,9 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     pull.add_argument("--ollama-urls", help="comma-separated Ollama URLs instead of the fleet's")
     pull.set_defaults(func=cmd_models_pull)
     ai = sub.add_parser("aimodels", help="print aiModels.json entries for go-livepeer (capacity from the fleet)")
-    ai.add_argument(
-        "--url", required=True, help="this runner's URL as go-livepeer reaches it, e.g. http://web:8000"
-    )
+    ai.add_argument("--url", required=True, help="this runner's URL as go-livepeer reaches it, e.g. http://web:8000")
     ai.add_argument("--token", help="bearer token go-livepeer sends (default: AUTH_TOKEN)")
     ai.add_argument("--usd-per-million-tokens", type=float, default=0.0, help="price of every model (default 0)")
     ai.add_argument("--price", type=_price, action="append", default=[], metavar="MODEL_ID=USD",
