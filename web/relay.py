@@ -281,15 +281,24 @@ class JobRelay:
         self._finished = True
         redis = self.rt.redis
         try:
-            queue = self.rt.queue(self.request.model.model_id)
-            if self.trace.started_at is None and redis.lrem(queue.key, 1, self.job_id):
-                job = Job.fetch(self.job_id, connection=redis, serializer=JSONSerializer)
-                job.cancel()  # RQ's own record of it: canceled, in the CanceledJobRegistry
-            else:
+            if not (self.trace.started_at is None and self._unqueue()):
                 redis.publish(keys.cancel_channel(), self.job_id)
             logger.info("job %s: cancelled (%s)", self.job_id, why)
         except (RedisError, OSError, NoSuchJobError, InvalidJobOperation) as exc:
             logger.warning("job %s: cancel (%s) incomplete: %s", self.job_id, why, exc)
+
+    def _unqueue(self) -> bool:
+        """Take the job off its queue and record it canceled, in one transaction, if it is still
+        queued; False when a worker has taken it (or it is gone)."""
+        redis = self.rt.redis
+        job = Job.fetch(self.job_id, connection=redis, serializer=JSONSerializer)
+        if job.get_status(refresh=False) != JobStatus.QUEUED:
+            return False
+        with redis.pipeline() as pipe:
+            pipe.lrem(self.rt.queue(self.request.model.model_id).key, 1, self.job_id)
+            job.cancel(pipeline=pipe)  # RQ's own record: canceled, in the CanceledJobRegistry
+            removed = pipe.execute()[0]
+        return bool(removed)
 
     def _fail_abandoned(self, msg: str) -> None:
         """Record a job whose worker vanished as failed, as RQ's own cleanup would, but now."""

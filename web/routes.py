@@ -62,7 +62,9 @@ def health(model_id: str | None = None) -> Response:
     rt = runtime()
     scope = _scope(rt, model_id)
     # Without its event subscription this process cannot follow a job: not ready, whatever the fleet.
-    records = rt.fleet.view_or_none() if rt.hub.running(timeout=1.0) else None
+    # Read the fleet afresh: go-livepeer reads /hardware/info right after /health first answers,
+    # and both must show a worker that registered a moment ago (each is called once, or by operators).
+    records = rt.fleet.view_or_none(fresh=True) if rt.hub.running(timeout=1.0) else None
     return jsonify(answers.health(records, rt.settings, scope.model_id if scope else None))
 
 
@@ -90,7 +92,7 @@ def _hardware(model_id: str | None, *, stats: bool) -> Response:
     rt = runtime()
     scope = _scope(rt, model_id)
     shown = scope or rt.settings.default_model
-    records = rt.fleet.view_or_none()
+    records = rt.fleet.view_or_none(fresh=True)  # read once by go-livepeer, at its start: never stale
     return jsonify(answers.hardware(records, shown.model_id, scope.model_id if scope else None, stats=stats))
 
 

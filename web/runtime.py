@@ -58,10 +58,10 @@ class FleetCache:
                     self._reading = None
         return reading.result()
 
-    def view_or_none(self) -> list[WorkerRecord] | None:
+    def view_or_none(self, *, fresh: bool = False) -> list[WorkerRecord] | None:
         """Like view(), but None while Redis is unreachable."""
         try:
-            return self.view()
+            return self.view(fresh=fresh)
         except (RedisError, OSError):
             return None
 
