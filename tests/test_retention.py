@@ -11,17 +11,19 @@ from typing import Any
 
 import pytest
 from redis import Redis
-from rq import Queue
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 from rq.utils import utcformat
 
 from common import keys
 from common.jobs import GenerateJob
+from common.models import parse_models
+from common.settings import Settings
 from tests.client import call
 from tests.fake_ollama import FakeOllama
 from tests.stack import Stack, wait_until
-from web.relay import place_job
+from web import admission
+from web.runtime import Runtime
 from worker.retention import PromptRetention
 
 LLAMA = "meta-llama/Meta-Llama-3.1-8B-Instruct"
@@ -72,8 +74,10 @@ def contents(redis: Redis, job_id: str) -> list[str]:
 
 
 def place(redis: Redis, job_id: str) -> None:
+    """Place the job as the web does."""
     job = GenerateJob("reply", LLAMA, "llama3.1:8b", messages(), 8, 0.7, 1.0, 40, False)
-    place_job(redis, Queue(keys.queue_name(LLAMA), connection=redis, serializer=JSONSerializer), job_id, job, 30)
+    rt = Runtime(Settings(models=parse_models(LLAMA)), redis)
+    admission.place(rt, rt.queue(LLAMA), job_id, job, admission.Room(admission.NO_LIMIT, 1, 0))
 
 
 def end(redis: Redis, job_id: str, status: JobStatus, ended_at: float) -> None:
