@@ -332,6 +332,8 @@ class FakeOllama:
         self.require_local_host = require_local_host
         self.max_loaded_models = max_loaded_models
         self.sched: Scheduler | None = None
+        # Seconds every /api/ps answer is held back (a slow Ollama, for liveness tests).
+        self.ps_delay_s = 0.0
         self.requests: list[ChatRecord] = []
         self.loaded: dict[str, float] = {}
         self.pulls: list[str] = []
@@ -534,6 +536,10 @@ class FakeOllama:
             elif route == ("GET", "/api/ps"):
                 assert self.sched is not None
                 await self.sched.wait_loads()  # routes.go PsHandler → sched.loadedModels waits on refMu
+                if self.ps_delay_s:
+                    # A fault to inject beyond that: PsHandler also asks every loaded runner for its
+                    # MemorySize(), which waits on a runner busy decoding.
+                    await asyncio.sleep(self.ps_delay_s)
                 await conn.send(200, JSON_CT, gojson(self._ps()), head_only)
             elif route == ("POST", "/api/show"):
                 await conn.send_json(200, self._show(_parse_json(req.body)))

@@ -36,6 +36,8 @@ TICK_S = 0.25
 TICK = b""
 # Put in every inbox after the subscription came back: replay the job's backlog.
 RESYNC = b"\x00resync"
+_ORPHANS_KEPT = 10_000
+_ORPHAN_RECANCEL_S = 1.0
 
 
 class EventHub:
@@ -45,6 +47,8 @@ class EventHub:
         self.channel = keys.reply_channel(web_id)
         self._redis = redis
         self._inboxes: dict[bytes, queue.SimpleQueue[bytes]] = {}
+        # Jobs cancelled for publishing here with nobody waiting, and when (oldest first, bounded).
+        self._orphans: dict[bytes, float] = {}
         self._lock = threading.Lock()
         self._subscribed = threading.Event()
         self._ever_subscribed = False
@@ -147,6 +151,25 @@ class EventHub:
         # A worker sends what piled up for this process in one payload, one event per line.
         inboxes = self._inboxes
         for event in split_batch(data):
-            inbox = inboxes.get(job_key(event))
+            job_id = job_key(event)
+            inbox = inboxes.get(job_id)
             if inbox is not None:
                 inbox.put(event)
+            else:
+                self._orphan(job_id)
+
+    def _orphan(self, job_id: bytes) -> None:
+        """Events of a job nobody here waits for (its cancel was lost, or it was requeued): cancel it,
+        again every second while its events keep coming (a cancel can be lost too)."""
+        now = time.monotonic()
+        sent = self._orphans.pop(job_id, None)
+        if sent is not None and now - sent < _ORPHAN_RECANCEL_S:
+            self._orphans[job_id] = sent
+            return
+        if len(self._orphans) >= _ORPHANS_KEPT:
+            self._orphans.pop(next(iter(self._orphans)))
+        self._orphans[job_id] = now
+        try:
+            self._redis.publish(keys.cancel_channel(), job_id)
+        except (RedisError, OSError) as exc:
+            logger.warning("could not cancel orphaned job %s: %s", job_id.decode(errors="replace"), exc)

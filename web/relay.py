@@ -9,8 +9,9 @@ import uuid
 from collections import deque
 from dataclasses import dataclass, field
 
+from redis.client import Pipeline
 from redis.exceptions import RedisError
-from rq.exceptions import InvalidJobOperation, NoSuchJobError
+from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.job_lifecycle import record_job_failure
 from rq.registry import StartedJobRegistry
@@ -19,6 +20,7 @@ from rq.serializers import JSONSerializer
 from common import keys
 from common.errors import QueueUnavailable, RunnerError, no_room
 from common.events import Done, Failed, Ping, Started, Tokens, decode, sequence_of
+from common.job_state import transition
 from common.jobs import GenerateJob
 from web import admission
 from web.client import ClientWatch
@@ -67,6 +69,7 @@ class JobRelay:
         self._inbox: queue.SimpleQueue[bytes] | None = None
         self._finished = False
         self.recorded = False  # set once its metrics and log line are written
+        self.placed = False  # set once its job is in Redis
         self._queue_deadline = 0.0
         self._last_heard = 0.0
         self._last_seq = 0  # the job's events are numbered 1, 2, ...; the last one taken
@@ -284,7 +287,7 @@ class JobRelay:
             if not (self.trace.started_at is None and self._unqueue()):
                 redis.publish(keys.cancel_channel(), self.job_id)
             logger.info("job %s: cancelled (%s)", self.job_id, why)
-        except (RedisError, OSError, NoSuchJobError, InvalidJobOperation) as exc:
+        except (RedisError, OSError, NoSuchJobError) as exc:
             logger.warning("job %s: cancel (%s) incomplete: %s", self.job_id, why, exc)
 
     def _unqueue(self) -> bool:
@@ -292,13 +295,15 @@ class JobRelay:
         queued; False when a worker has taken it (or it is gone)."""
         redis = self.rt.redis
         job = Job.fetch(self.job_id, connection=redis, serializer=JSONSerializer)
-        if job.get_status(refresh=False) != JobStatus.QUEUED:
-            return False
-        with redis.pipeline() as pipe:
-            pipe.lrem(self.rt.queue(self.request.model.model_id).key, 1, self.job_id)
+        queue_key = self.rt.queue(self.request.model.model_id).key
+
+        def write(pipe: Pipeline) -> None:
+            pipe.lrem(queue_key, 1, self.job_id)
             job.cancel(pipeline=pipe)  # RQ's own record: canceled, in the CanceledJobRegistry
-            removed = pipe.execute()[0]
-        return bool(removed)
+
+        # Only while still queued, atomically: a worker that took the id meanwhile (it sits in RQ's
+        # intermediate queue) sees the job canceled when it records the start, and stops it.
+        return transition(redis, job.key, {JobStatus.QUEUED}, write) is None
 
     def _fail_abandoned(self, msg: str) -> None:
         """Record a job whose worker vanished as failed, as RQ's own cleanup would, but now."""
@@ -306,18 +311,22 @@ class JobRelay:
         try:
             redis.publish(keys.cancel_channel(), self.job_id)
             job = Job.fetch(self.job_id, connection=redis, serializer=JSONSerializer)
-            if job.get_status(refresh=False) != JobStatus.STARTED:
-                return
             registry = StartedJobRegistry(job.origin, connection=redis)
             entries = [
                 f"{job_id}:{execution_id}"
                 for job_id, execution_id in registry.get_job_and_execution_ids(cleanup=False)
                 if job_id == self.job_id
             ]
-            with redis.pipeline() as pipe:
+
+            def write(pipe: Pipeline) -> None:
                 record_job_failure(job, msg, pipe)
                 if entries:
                     pipe.zrem(registry.key, *entries)
-                pipe.execute()
+
+            # Only while not ended: a worker that recorded its end first (it was not lost) wins. It
+            # may still read queued: the worker sends to Ollama before it records the start.
+            ended = transition(redis, job.key, {JobStatus.STARTED, JobStatus.QUEUED}, write)
+            if ended is not None:
+                logger.info("job %s: already %s; not recorded failed", self.job_id, ended)
         except (RedisError, OSError, NoSuchJobError) as exc:
             logger.warning("job %s: could not mark it failed: %s", self.job_id, exc)

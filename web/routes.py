@@ -7,7 +7,7 @@ import logging
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, g, jsonify, request
 
 from common.errors import NO_ROOM_REASONS, BadRequest, CapacityError, QueueUnavailable, RunnerError
 from common.events import Done, Failed, Tokens
@@ -25,6 +25,15 @@ logger = logging.getLogger(__name__)
 bp = Blueprint("runner", __name__)
 F = TypeVar("F", bound=Callable[..., Any])
 JOB_ID_HEADER = "X-Job-Id"
+
+
+@bp.after_request
+def job_id_header(response: Response) -> Response:
+    """Every answer about a placed job names it, error answers included (to find it in RQ)."""
+    job_id = g.get("job_id")
+    if job_id is not None:
+        response.headers[JOB_ID_HEADER] = job_id
+    return response
 
 
 class UnknownPrefix(RunnerError):
@@ -120,8 +129,11 @@ def llm(model_id: str | None = None) -> Response:
     try:
         relay.submit()
     except RunnerError as exc:
+        if relay.placed:
+            g.job_id = relay.job_id
         metrics.observe_refusal(req.model.model_id, "unavailable" if isinstance(exc, QueueUnavailable) else "rejected")
         raise
+    g.job_id = relay.job_id
     metrics.IN_FLIGHT.labels(req.model.model_id).inc()
     try:
         first = relay.next_event()
@@ -140,7 +152,6 @@ def llm(model_id: str | None = None) -> Response:
     except BaseException:
         _finish(relay)
         raise
-    response.headers[JOB_ID_HEADER] = relay.job_id
     if not req.stream:
         _finish(relay)
     return response

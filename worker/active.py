@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from common.errors import JobCancelled
@@ -11,6 +12,8 @@ from worker.engine_stream import ChatStream
 
 # A cancel that arrives before its job starts here (a race with dequeue) is kept this long.
 EARLY_CANCEL_MEMORY_S = 120.0
+# ...and at most this many of them (every web refusal or cancel reaches every worker).
+EARLY_CANCEL_MAX = 100_000
 
 
 @dataclass
@@ -46,7 +49,8 @@ class ActiveJobs:
 
     def __init__(self) -> None:
         self._handles: dict[str, Handle] = {}
-        self._early: dict[str, float] = {}
+        # job id → when the cancel is forgotten; oldest first, so expiry pops from the front.
+        self._early: OrderedDict[str, float] = OrderedDict()
         self._lock = threading.Lock()
 
     def start(self, job_id: str, reply_to: str) -> Handle:
@@ -69,11 +73,26 @@ class ActiveJobs:
         with self._lock:
             handle = self._handles.get(job_id)
             if handle is None:
-                self._early = {j: t for j, t in self._early.items() if t > now}
-                self._early[job_id] = now + EARLY_CANCEL_MEMORY_S
+                self._remember_early(job_id, now)
                 return False
         handle.cancel(reason)
         return True
+
+    def _remember_early(self, job_id: str, now: float) -> None:
+        """Keep an early cancel; amortised O(1): each entry is added and dropped once."""
+        early = self._early
+        early[job_id] = now + EARLY_CANCEL_MEMORY_S
+        early.move_to_end(job_id)
+        while early:
+            oldest, forget_at = next(iter(early.items()))
+            if forget_at > now and len(early) <= EARLY_CANCEL_MAX:
+                break
+            del early[oldest]
+
+    def early_cancels(self) -> int:
+        """How many early cancels are remembered now."""
+        with self._lock:
+            return len(self._early)
 
     def cancel_all(self, reason: str) -> int:
         """Cancel every running job; returns how many."""

@@ -1,4 +1,10 @@
-"""The worker's pulse: pings for running jobs, its fleet announcement, RQ heartbeats, warm-model order."""
+"""The worker's pulse: pings for running jobs, its fleet announcement, RQ heartbeats, warm-model order.
+
+Two threads. The pulse (pings, the fleet record, RQ's heartbeats) speaks only to Redis and
+never waits on anything else: the web counts a worker lost after WORKER_SILENCE_S without a
+ping. The observer does what can be slow (NVML reads, Ollama's /api/ps, the listening order)
+and leaves its findings for the pulse to publish.
+"""
 
 from __future__ import annotations
 
@@ -27,6 +33,7 @@ logger = logging.getLogger(__name__)
 PING_S = 1.0
 RQ_BEAT_S = 5.0
 LOADED_POLL_S = 2.0
+NOBODY_READS = "nobody reads its events (the web process that placed it is gone)"
 
 
 class Heartbeat:
@@ -53,31 +60,39 @@ class Heartbeat:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=supervised("heartbeat", self._run, stop=self._stop), name="heartbeat",
                                         daemon=True)  # fmt: skip
+        self._observer = threading.Thread(target=supervised("observer", self._observe, stop=self._stop),
+                                          name="observer", daemon=True)  # fmt: skip
         self._lock = threading.Lock()
 
     def start(self) -> None:
         """Announce now and keep announcing in the background."""
         self.announce()
         self._thread.start()
+        self._observer.start()
 
     def stop(self) -> None:
-        """Stop the thread."""
+        """Stop the threads (the observer may be inside a slow call: it is not waited for long)."""
         self._stop.set()
-        if self._thread.ident is not None:  # started (not when stopped while waiting for Redis)
-            self._thread.join(timeout=PING_S * 3)
+        for thread in (self._thread, self._observer):
+            if thread.ident is not None:  # started (not when stopped while waiting for Redis)
+                thread.join(timeout=PING_S * 3)
 
     def announce(self) -> None:
-        """Refresh the fleet record now (GPU figures, busy slots, state)."""
+        """Refresh the fleet record now (last GPU figures read, busy slots, state); Redis only."""
         with self._lock:
-            gpu = self.gpu.read()
-            if gpu is not None:
-                self.record.gpu = gpu
             self.record.busy = self.worker.busy if self.worker else 0
             self.record.restarts = dict(RESTARTS)
             fleet.announce(self.redis, self.record)
 
+    def read_gpu(self) -> None:
+        """Read the GPU's figures (NVML: may be slow) for the next announcement."""
+        gpu = self.gpu.read()
+        if gpu is not None:
+            with self._lock:
+                self.record.gpu = gpu
+
     def _run(self) -> None:
-        next_announce = next_beat = next_poll = 0.0
+        next_announce = next_beat = 0.0
         while not self._stop.wait(PING_S):
             now = time.monotonic()
             try:
@@ -90,12 +105,24 @@ class Heartbeat:
                     next_beat = now + RQ_BEAT_S
             except (RedisError, OSError) as exc:
                 logger.warning("heartbeat: Redis unavailable: %s", exc)
-            if self.worker is not None and self.schedule is None and now >= next_poll:
-                next_poll = now + LOADED_POLL_S
-                self.refresh_routing()
+
+    def _observe(self) -> None:
+        while not self._stop.wait(LOADED_POLL_S):
+            try:
+                self.read_gpu()
+                if self.worker is not None and self.schedule is None:
+                    self.refresh_routing()
+            except Exception:
+                logger.exception("observer: reading the GPU or Ollama's state failed")
 
     def _ping(self) -> None:
+        now = time.monotonic()
         for handle in self.active.snapshot():
+            if self.publisher.readers.abandoned(handle.reply_to, now):
+                if handle.cancel_reason is None:
+                    logger.warning("job %s: nobody reads its events any more; stopping it", handle.job_id)
+                    handle.cancel(NOBODY_READS)
+                continue
             self.publisher.publish_threadsafe(handle.reply_to, encode(handle.job_id, Ping()))
 
     def refresh_routing(self) -> None:

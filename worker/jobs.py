@@ -26,6 +26,8 @@ logger = logging.getLogger(__name__)
 # A fast stream is relayed in batches; an SSE chunk still carries only a few tokens.
 TOKENS_PER_EVENT = 16
 SHUTDOWN = "the worker is shutting down"
+# The web's own cancel: its client is gone, so nobody is told.
+CLIENT_GONE = "the client went away"
 
 
 def begin(job_id: str, payload: dict[str, Any]) -> None:
@@ -119,6 +121,8 @@ async def _relay(job_id: str, spec: GenerateJob, handle: Handle) -> dict[str, An
         if handle.cancel_reason is not None:
             if handle.cancel_reason == SHUTDOWN:
                 publish(encode(job_id, Failed(f"{SHUTDOWN}; retry on another orchestrator", 500, "shutdown")))
+            elif handle.cancel_reason != CLIENT_GONE:
+                publish(encode(job_id, Failed(f"the job was {handle.cancel_reason}", 500, "cancelled")))
             raise JobCancelled(handle.cancel_reason) from None
         assert isinstance(exc, BackendError)
         if isinstance(exc, Interrupted):

@@ -118,6 +118,7 @@ def run(settings: Settings) -> None:
             slots=settings.slots,
             active=active,
             grace_s=settings.shutdown_grace_s,
+            max_age_s=settings.queue_timeout_s,
             on_taken=lambda job: jobs.begin(job.id, job.args[0]),
             prompts=PromptRetention(redis, settings.prompt_retention_s, settings.drop_prompts_at_start),
         )

@@ -26,6 +26,7 @@ from common import keys
 from common.errors import QueueUnavailable
 from common.events import job_key, join_batch, sequenced
 from common.guard import count_restart
+from worker.readers import Readers
 from worker.redis_link import RedisLink
 
 logger = logging.getLogger(__name__)
@@ -53,6 +54,8 @@ class Publisher:
         self._wakeup: asyncio.Event | None = None
         self._sending = False
         self._failing_since: float | None = None
+        # Who reads each web process's channel, as the PUBLISHes' receiver counts tell.
+        self.readers = Readers()
         asyncio.run_coroutine_threadsafe(self._supervise(), loop)
 
     def publish(self, job_id: str, channel: str, message: bytes) -> None:
@@ -129,8 +132,11 @@ class Publisher:
                 continue
             self._sending = True
             try:
-                await _send(link, batch, backlog)
+                receivers = await _send(link, batch, backlog)
                 self._failing_since = None
+                now = self._loop.time()
+                for channel, count in zip(batch, receivers, strict=True):
+                    self.readers.heard(channel, int(count), now)
             except (RedisError, OSError) as exc:
                 self._retry_or_drop(batch, backlog, str(exc) or type(exc).__name__)
                 await asyncio.sleep(_RETRY_PAUSE_S)
@@ -190,8 +196,13 @@ return receivers
 _SEND_SHA = hashlib.sha1(_SEND_SCRIPT.encode()).hexdigest()
 
 
-async def _send(link: RedisLink, batch: dict[str, list[bytes]], backlog: dict[str, list[tuple[int, bytes]]]) -> None:
-    """One round trip: backlog appends first (so a reader that sees a gap finds them), then the PUBLISHes."""
+async def _send(
+    link: RedisLink, batch: dict[str, list[bytes]], backlog: dict[str, list[tuple[int, bytes]]]
+) -> list[int]:
+    """One round trip: backlog appends first (so a reader that sees a gap finds them), then the PUBLISHes.
+
+    Returns each PUBLISH's receiver count, in the batch's channel order.
+    """
     args: list[str | bytes | int] = [BACKLOG_MAXLEN, BACKLOG_TTL_S]
     for entries in backlog.values():
         args.append(len(entries))
@@ -206,6 +217,7 @@ async def _send(link: RedisLink, batch: dict[str, list[bytes]], backlog: dict[st
         (reply,) = await link.call([("EVAL", _SEND_SCRIPT, len(backlogs), *backlogs, *args)])
     if isinstance(reply, ResponseError):
         raise reply
+    return list(reply)
 
 
 async def _close(link: RedisLink) -> None:

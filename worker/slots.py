@@ -2,8 +2,9 @@
 
 One worker serves one GPU's Ollama, which decodes OLLAMA_NUM_PARALLEL sequences at once; the
 worker takes jobs from Redis only while one of those slots is free, so the rest stay queued for
-other GPUs. Jobs are RQ jobs throughout (registries, executions, heartbeats, results) and a job
-cancelled by its client is recorded as canceled, not failed.
+other GPUs. Jobs are RQ jobs throughout (intermediate queue, registries, executions, heartbeats, results,
+`rq suspend`), each recorded once whatever its end (worker.records); a job cancelled by its
+client is recorded as canceled, one stopped by an operator as stopped, as RQ records them.
 
 Bookkeeping is batched, because job start is on every request's path: free slots are filled
 with as many queued jobs as are waiting in one pop, fetched in one round trip and marked started
@@ -24,21 +25,27 @@ from types import FrameType, TracebackType
 from typing import Any
 
 from redis import Redis
-from redis.exceptions import RedisError
-from rq.executions import Execution
+from redis.client import Pipeline
+from redis.exceptions import RedisError, WatchError
+from rq.command import parse_payload
+from rq.executions import Execution, ExecutionRegistry
+from rq.intermediate_queue import IntermediateQueue
 from rq.job import Job, JobStatus
+from rq.job_lifecycle import format_exc_info
+from rq.queue import Queue
 from rq.registry import CanceledJobRegistry
-from rq.results import Result
 from rq.serializers import JSONSerializer
-from rq.utils import now, utcformat
+from rq.utils import now
 from rq.worker import BaseWorker, WorkerStatus
 
 from common import keys
 from common.errors import JobCancelled, RunnerError
+from common.job_state import statuses
 from common.jobs import RESULT_TTL_S
-from worker import jobguard
+from worker import jobguard, records
 from worker.active import ActiveJobs
-from worker.jobs import SHUTDOWN
+from worker.dequeue import Dequeuer
+from worker.jobs import CLIENT_GONE, SHUTDOWN
 from worker.retention import PromptRetention
 
 logger = logging.getLogger(__name__)
@@ -50,6 +57,9 @@ MAINTENANCE_INTERVAL_S = 60
 DEQUEUE_TIMEOUT_S = 1
 # After the grace period, cancelled jobs get this long to wind down before the worker exits.
 CANCEL_WAIT_S = 5.0
+STOPPED_BY_OPERATOR = "stopped by an operator"
+# What RQ's worker records for a job stopped with `send_stop_job_command` (rq/worker/worker_classes.py).
+STOPPED_FAILURE = "Job stopped by user, work-horse terminated."
 
 
 def _log_failure(job: Job, exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None) -> bool:
@@ -66,18 +76,15 @@ class _Batch:
 
     def __init__(self) -> None:
         self.ready = threading.Event()
-        self.executions: list[Execution] | None = None
+        self.executions: list[Execution | None] | None = None
 
-    def execution(self, index: int) -> Execution:
-        """The execution of the batch's `index`-th job (waits for the bookkeeping)."""
+    def execution(self, index: int) -> Execution | None:
+        """The execution of the batch's `index`-th job (waits for the bookkeeping); None if it
+        was not started here (another process had ended it first)."""
         self.ready.wait()
         if self.executions is None:
             raise RuntimeError("the jobs' start could not be recorded in Redis")
         return self.executions[index]
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 class SlotWorker(BaseWorker):
@@ -94,6 +101,7 @@ class SlotWorker(BaseWorker):
         slots: int,
         active: ActiveJobs,
         grace_s: float,
+        max_age_s: float | None = None,
         on_taken: Callable[[Job], None] | None = None,
         prompts: PromptRetention | None = None,
     ) -> None:
@@ -104,7 +112,6 @@ class SlotWorker(BaseWorker):
             serializer=JSONSerializer,
             worker_ttl=WORKER_TTL_S,
             maintenance_interval=MAINTENANCE_INTERVAL_S,
-            disable_default_exception_handler=True,
             exception_handlers=[_log_failure],
             job_class=jobguard.RunnerJob,
         )
@@ -113,6 +120,14 @@ class SlotWorker(BaseWorker):
         self.max_running = slots
         self.active = active
         self.grace_s = grace_s
+        # A job created longer ago than this has been answered already (the web's queue timeout).
+        self.max_age_s = max_age_s
+        self._dequeuer = Dequeuer(connection)
+        self._registered = False
+        self._registration = threading.Lock()
+        self._suspended = False
+        self._state_lock = threading.Lock()
+        self._stopped_ids: set[str] = set()
         # Called with each job the moment it is taken, before any bookkeeping: lets it start its I/O.
         self.on_taken = on_taken
         self.prompts = prompts
@@ -144,16 +159,37 @@ class SlotWorker(BaseWorker):
         """Executions expire soon after their heartbeats stop, so RQ reclaims a dead worker's jobs."""
         return EXECUTION_TTL_S
 
+    def register(self) -> None:
+        """Register with RQ (once; again only if Redis lost the record): never races the heartbeat."""
+        with self._registration:
+            if self._registered and self.connection.exists(self.key):
+                return
+            if self.connection.exists(self.key) and not self.connection.hexists(self.key, "death"):
+                # Our own record from a previous life under the same name (same host and pid after
+                # a restart): this process is its only owner, so it is stale.
+                logger.warning("worker %s: replacing a stale registration under this name", self.name)
+                self.connection.hset(self.key, "death", now().isoformat())
+            self.register_birth()  # type: ignore[no-untyped-call]
+            self._registered = True
+
     def beat(self) -> None:
         """Refresh RQ's records of this worker and of each running execution, in one pipeline."""
+        if not self._registered:
+            return  # work_until_stopped registers; a heartbeat before it must not
         if not self.connection.exists(self.key):
             # Redis lost its data (restarted without persistence): announce this worker again.
-            self.register_birth()  # type: ignore[no-untyped-call]
+            self.register()
         with self.connection.pipeline() as pipe:
             self.heartbeat(WORKER_TTL_S + 60, pipeline=pipe)
             for execution in list(self.executions.values()):
                 job = execution.job
-                execution.heartbeat(job.started_job_registry, EXECUTION_TTL_S, pipeline=pipe)
+                # Not Execution.heartbeat: its HSET would bring back the record of an execution
+                # that a job thread ended while this beat was on its way. EXPIRE and XX never do.
+                pipe.expire(execution.key, EXECUTION_TTL_S)
+                job.started_job_registry.add_execution(execution, pipeline=pipe, ttl=EXECUTION_TTL_S, xx=True)
+                ExecutionRegistry(job_id=job.id, connection=pipe).add(
+                    execution=execution, ttl=EXECUTION_TTL_S, pipeline=pipe, xx=True
+                )
                 job.heartbeat(now(), EXECUTION_TTL_S, pipeline=pipe)
             pipe.execute()
         if self.prompts is not None:
@@ -176,7 +212,21 @@ class SlotWorker(BaseWorker):
         """RQ's stop-execution command: cancel that job (e.g. `rq` tooling or the dashboard)."""
         execution = self.executions.get(execution_id)
         if execution is not None:
-            self.active.cancel(execution.job_id, "stopped by an operator")
+            self._stopped_ids.add(execution.job_id)
+            self.active.cancel(execution.job_id, STOPPED_BY_OPERATOR)
+
+    def handle_payload(self, message: dict[str, Any]) -> None:
+        """RQ's worker commands; `stop-job` names a job, and this worker runs several at once."""
+        payload = parse_payload(message)
+        if payload.get("command") == "stop-job":
+            job_id = payload.get("job_id")
+            if job_id is not None and any(e.job_id == job_id for e in list(self.executions.values())):
+                self._stopped_ids.add(job_id)
+                self.active.cancel(job_id, STOPPED_BY_OPERATOR)
+            else:
+                logger.warning("worker %s: not running job %s, stop command ignored", self.name, job_id)
+            return
+        super().handle_payload(message)  # type: ignore[no-untyped-call]
 
     def subscribe(self) -> None:
         """Listen for RQ commands to this worker and for the web's job cancels, on one connection."""
@@ -188,16 +238,17 @@ class SlotWorker(BaseWorker):
 
     def _on_cancel(self, message: dict[str, Any]) -> None:
         job_id = message["data"].decode()
-        if self.active.cancel(job_id, "the client went away"):
+        if self.active.cancel(job_id, CLIENT_GONE):
             logger.info("job %s: cancel requested by the web", job_id)
 
     def work_until_stopped(self) -> None:
         """Register with RQ, fill free slots with queued jobs until stopped, then drain and deregister."""
         signal.signal(signal.SIGINT, self.request_stop)
         signal.signal(signal.SIGTERM, self.request_stop)
-        self.register_birth()  # type: ignore[no-untyped-call]
+        self.register()
         self.subscribe()
         self.set_state(WorkerStatus.STARTED)
+        self.set_state(WorkerStatus.IDLE)  # waiting for jobs, as RQ's worker shows it
         logger.info("worker %s: %d slot(s), listening on %s", self.name, self.slots, ", ".join(self.queue_names()))
         backoff = 0.5
         try:
@@ -222,7 +273,7 @@ class SlotWorker(BaseWorker):
                 logger.warning("worker %s: could not deregister: %s", self.name, exc)
 
     def _fill(self, free: int) -> None:
-        """Start up to `free` queued jobs: one pop, one fetch and one bookkeeping round trip."""
+        """Start up to `free` queued jobs: one take, one fetch and one bookkeeping round trip."""
         if self.should_run_maintenance_tasks:
             self.run_maintenance_tasks()  # type: ignore[no-untyped-call]
             self._prune_canceled()
@@ -230,12 +281,18 @@ class SlotWorker(BaseWorker):
         if not queues:
             self._stop.wait(DEQUEUE_TIMEOUT_S)
             return
-        job_ids = self._pop([q.key for q in queues], free)
-        if not job_ids:
+        taken = self._dequeuer.take([q.key for q in queues], free, DEQUEUE_TIMEOUT_S)
+        self._note_suspension(taken.suspended)
+        if taken.suspended:
+            self._stop.wait(DEQUEUE_TIMEOUT_S)
             return
-        fetched = self.job_class.fetch_many(job_ids, self.connection, self.serializer)
-        jobs = [job for job in fetched if job is not None]
-        jobs = jobguard.admit(jobs, self.connection)
+        if not taken.job_ids:
+            return
+        fetched = self.job_class.fetch_many(list(taken.job_ids), self.connection, self.serializer)
+        runnable = self._runnable(taken.queue_key, taken.job_ids, fetched)
+        jobs = jobguard.admit(runnable, self.connection)
+        for refused in {job.id for job in runnable} - {job.id for job in jobs}:
+            self.connection.lrem(IntermediateQueue.get_intermediate_queue_key(taken.queue_key), 1, refused)
         if not jobs:
             return
         # The jobs run (their Ollama calls are out already) while RQ's start bookkeeping runs here:
@@ -252,36 +309,82 @@ class SlotWorker(BaseWorker):
         for index, job in enumerate(jobs):
             self._pool.submit(self._run, job, batch, index)
         try:
-            batch.executions = self._mark_started(jobs)
+            batch.executions = self._mark_started(jobs, IntermediateQueue.get_intermediate_queue_key(taken.queue_key))
         finally:
             batch.ready.set()
 
-    def _pop(self, queue_keys: list[str], count: int) -> list[str]:
-        """Job ids from the first non-empty queue (in listening order), up to `count`; waits a little."""
-        popped = self.connection.blpop(queue_keys, DEQUEUE_TIMEOUT_S)
-        if popped is None:
-            return []
-        key, first = popped
-        ids = [_text(first)]
-        if count > 1:
-            more: list[bytes] | None = self.connection.lpop(key, count - 1)  # type: ignore[assignment]
-            ids += [_text(job_id) for job_id in more or []]
-        return ids
+    def _note_suspension(self, suspended: bool) -> None:
+        """Follow `rq suspend` / `rq resume` as RQ's worker does (state SUSPENDED while suspended)."""
+        if suspended == self._suspended:
+            return
+        if suspended:
+            logger.info("worker %s: suspended, run `rq resume` to resume", self.name)
+        else:
+            logger.info("worker %s: resumed", self.name)
+        with self._state_lock:  # a job thread going idle writes the state too
+            self._suspended = suspended
+            self.set_state(WorkerStatus.SUSPENDED if suspended else WorkerStatus.IDLE)
 
-    def _mark_started(self, jobs: list[Job]) -> list[Execution]:
-        """RQ's start bookkeeping for several jobs (executions, status, registries) in one pipeline."""
+    def _runnable(self, queue_key: str, job_ids: tuple[str, ...], fetched: list[Job | None]) -> list[Job]:
+        """The taken jobs to run; the others leave the intermediate queue (a stale one recorded failed)."""
+        intermediate = IntermediateQueue.get_intermediate_queue_key(queue_key)
+        jobs: list[Job] = []
+        for job_id, job in zip(job_ids, fetched, strict=True):
+            if job is not None and job.get_status(refresh=False) == JobStatus.QUEUED:
+                age = (now() - job.created_at).total_seconds() if job.created_at else 0.0
+                if self.max_age_s is None or age <= self.max_age_s:
+                    jobs.append(job)
+                    continue
+                logger.warning("job %s: refused, created %.0f s ago (its client was answered already)", job.id, age)
+                records.record_failure(self, job, None, f"refused: created {age:.0f} s ago, longer than the "
+                                       f"queue timeout ({self.max_age_s:g} s); it was not run",
+                                       expected=frozenset({JobStatus.QUEUED}))  # fmt: skip
+            elif job is not None:
+                logger.info("job %s: taken while %s; not run", job_id, job.get_status(refresh=False))
+            self.connection.lrem(intermediate, 1, job_id)
+        return jobs
+
+    def _mark_started(self, jobs: list[Job], intermediate: str) -> list[Execution | None]:
+        """RQ's start bookkeeping for several jobs (executions, status, registries) in one transaction.
+
+        Only jobs still queued start: one the web cancelled meanwhile stays canceled, and its
+        generation (already on its way) is stopped.
+        """
         with self.connection.pipeline() as pipe:
-            executions = [Execution.create(job, EXECUTION_TTL_S, pipeline=pipe, worker_name=self.name) for job in jobs]
-            for job in jobs:
-                job.prepare_for_execution(self.name, pipeline=pipe)
-                pipe.persist(job.key)
-            if self.prompts is not None:
-                self.prompts.on_start(jobs, pipe)
-            self.set_state(WorkerStatus.BUSY, pipeline=pipe)
-            self.heartbeat(WORKER_TTL_S + 60, pipeline=pipe)
-            pipe.execute()
-        for execution in executions:
-            self.executions[execution.id] = execution
+            while True:
+                try:
+                    executions = self._start_transaction(pipe, jobs, intermediate)
+                    break
+                except WatchError:
+                    continue
+        for job, execution in zip(jobs, executions, strict=True):
+            if execution is None:
+                self.active.cancel(job.id, "ended elsewhere before it started")
+            else:
+                self.executions[execution.id] = execution
+        return executions
+
+    def _start_transaction(self, pipe: Pipeline, jobs: list[Job], intermediate: str) -> list[Execution | None]:
+        pipe.watch(*[job.key for job in jobs])
+        # Read on another connection, in one round trip: any change after the WATCH still aborts.
+        current = statuses(self.connection, [job.key for job in jobs])
+        pipe.multi()
+        executions: list[Execution | None] = []
+        started: list[Job] = []
+        for job, status in zip(jobs, current, strict=True):
+            pipe.lrem(intermediate, 1, job.id)
+            if status != JobStatus.QUEUED:
+                executions.append(None)
+                continue
+            executions.append(Execution.create(job, EXECUTION_TTL_S, pipeline=pipe, worker_name=self.name))
+            job.prepare_for_execution(self.name, pipeline=pipe)
+            pipe.persist(job.key)
+            started.append(job)
+        if self.prompts is not None and started:
+            self.prompts.on_start(started, pipe)
+        self.set_state(WorkerStatus.BUSY, pipeline=pipe)
+        self.heartbeat(WORKER_TTL_S + 60, pipeline=pipe)
+        pipe.execute()
         return executions
 
     def _run(self, job: Job, batch: _Batch, index: int) -> None:
@@ -295,52 +398,52 @@ class SlotWorker(BaseWorker):
                 idle = self._running == 0
                 self._changed.notify_all()
             if idle:
-                with contextlib.suppress(RedisError, OSError):
-                    self.set_state(WorkerStatus.IDLE)
+                with contextlib.suppress(RedisError, OSError), self._state_lock:
+                    self.set_state(WorkerStatus.SUSPENDED if self._suspended else WorkerStatus.IDLE)
 
     def _perform(self, job: Job, batch: _Batch, index: int) -> None:
         """Run one job in this thread, then record its success, failure or cancellation."""
         try:
             return_value = job.perform()
         except JobCancelled as exc:
-            self._record_cancelled(job, batch.execution(index), exc.msg)
+            execution = batch.execution(index)
+            if execution is not None:
+                self._record_cancelled(job, execution, exc.msg)
         except Exception:
-            queue = self._queues_by_name[job.origin]
-            self._finalize_failure(job, queue, batch.execution(index), sys.exc_info())
+            exc_info = sys.exc_info()
+            execution = batch.execution(index)
+            if execution is not None:
+                _log_failure(job, *exc_info)
+                records.record_failure(self, job, execution, format_exc_info(exc_info))
         else:
-            self._record_success(job, batch.execution(index), return_value)
-
-    def _record_success(self, job: Job, execution: Execution, return_value: Any) -> None:
-        """RQ's success bookkeeping (status, result, registries, counters) in one pipeline."""
-        job.ended_at = now()
-        job._status = JobStatus.FINISHED
-        assert job.started_at is not None
-        result_ttl = job.get_result_ttl(self.default_result_ttl)
-        with self.connection.pipeline() as pipe:
-            job.set_status(JobStatus.FINISHED, pipeline=pipe)
-            pipe.hset(job.key, "ended_at", utcformat(job.ended_at))
-            Result.create(
-                job, Result.Type.SUCCESSFUL, result_ttl, return_value=return_value, worker_name=self.name,
-                pipeline=pipe, execution_id=execution.id, execution_started_at=execution.created_at,
-                execution_ended_at=job.ended_at,
-            )  # fmt: skip
-            job.finished_job_registry.add(job, result_ttl, pipe)
-            job.cleanup(result_ttl, pipeline=pipe, remove_from_queue=False)
-            self.cleanup_execution(job, pipeline=pipe, execution=execution)
-            self.increment_successful_job_count(pipeline=pipe)
-            self.increment_total_working_time(job.ended_at - job.started_at, pipe)
-            pipe.execute()
+            execution = batch.execution(index)
+            if execution is not None:
+                records.record_success(self, job, execution, return_value)
+        finally:
+            self._stopped_ids.discard(job.id)
 
     def _record_cancelled(self, job: Job, execution: Execution, why: str) -> None:
+        """A cancelled job: canceled if its client left, stopped if an operator stopped it, failed on shutdown."""
         logger.info("job %s: cancelled (%s)", job.id, why)
-        job.ended_at = now()
-        registry = CanceledJobRegistry(job.origin, connection=self.connection, serializer=self.serializer)
-        with self.connection.pipeline() as pipe:
-            job.set_status(JobStatus.CANCELED, pipeline=pipe)
-            registry.add(job, pipeline=pipe)
-            self.cleanup_execution(job, pipeline=pipe, execution=execution)
-            pipe.expire(job.key, RESULT_TTL_S)
-            pipe.execute()
+        if job.id in self._stopped_ids:
+            records.record_failure(self, job, execution, STOPPED_FAILURE, stopped=True)
+        elif why == SHUTDOWN:
+            records.record_failure(self, job, execution, f"JobCancelled: {why}")
+        else:
+            records.record_canceled(self, job, execution)
+
+    def handle_job_failure(
+        self,
+        job: Job,
+        queue: Queue,
+        started_job_registry: Any = None,
+        exc_string: str = "",
+        execution: Execution | None = None,
+    ) -> None:
+        """RQ's maintenance calls this for a job stuck in an intermediate queue: record it failed once."""
+        records.record_failure(
+            self, job, execution, exc_string, expected=frozenset({JobStatus.QUEUED, JobStatus.STARTED})
+        )
 
     def _prune_canceled(self) -> None:
         """RQ never trims canceled registries; drop entries older than the job records they name."""

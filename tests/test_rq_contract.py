@@ -1,0 +1,307 @@
+"""RQ's promises, kept by the runner's SlotWorker: one suite, run on a stock RQ worker and on ours.
+
+Each scenario drives real worker processes (RQ's `SimpleWorker` via `rq worker`, or SlotWorker
+via tests/slot_worker_harness.py) against a real Redis, then reads what an operator would see
+through RQ's own API, `rq info` and rq-dashboard's JSON. The two views must be equal, and equal
+to what the scenario expects. Stopping a running job uses RQ's forking `Worker`: a SimpleWorker
+has no work horse to stop (rq/worker/base.py, kill_horse is a no-op there).
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from redis import Redis
+from rq import Queue
+from rq.command import send_stop_job_command
+from rq.intermediate_queue import IntermediateQueue
+from rq.job import Job
+from rq.registry import CanceledJobRegistry, FailedJobRegistry, FinishedJobRegistry, StartedJobRegistry
+from rq.serializers import JSONSerializer
+from rq.suspension import resume
+from rq.utils import now
+from rq.worker import Worker
+
+from tests.client import call
+from tests.conftest import RedisServer
+from tests.stack import REPO, Process, Stack, free_port, wait_until
+
+pytestmark = pytest.mark.e2e
+
+QUEUE = "contract"
+KINDS = ("rq", "ours")
+
+
+@dataclass
+class Run:
+    """One scenario on one kind of worker: its Redis, its queue, its worker processes."""
+
+    kind: str
+    stack: Stack
+    redis: Redis
+    queue: Queue
+    workers: list[Process] = field(default_factory=list)
+
+    def start_worker(self, *, forking: bool = False) -> Process:
+        """Start a worker of this run's kind on the queue and wait until RQ lists it."""
+        before = {w.name for w in Worker.all(connection=self.redis)}
+        if self.kind == "ours":
+            argv = [sys.executable, "-m", "tests.slot_worker_harness", self.stack.redis_url, QUEUE]
+        else:
+            worker_class = "rq.worker.Worker" if forking else "rq.worker.SimpleWorker"
+            # --worker-ttl 16: RQ then waits 1 s per dequeue (worker_ttl - 15), as SlotWorker does,
+            # so both notice `rq suspend` as fast (rq/worker/base.py, dequeue_timeout).
+            argv = [shutil.which("rq") or "rq", "worker", "-u", self.stack.redis_url, "-S", "json", "-w",
+                    worker_class, "--worker-ttl", "16", QUEUE]  # fmt: skip
+        proc = self.stack.spawn(f"{self.kind}-worker", argv, self.stack.env())
+        wait_until(lambda: {w.name for w in Worker.all(connection=self.redis)} - before, 20, "the worker registered")
+        self.workers.append(proc)
+        return proc
+
+    def enqueue(self, func: Callable[..., Any], *args: Any) -> Job:
+        """Enqueue `func` as RQ's API does."""
+        return self.queue.enqueue(func, *args, result_ttl=300, failure_ttl=3600)
+
+    def status(self, job: Job) -> str:
+        """The job's status now."""
+        return job.get_status(refresh=True).value
+
+    def wait_status(self, job: Job, status: str, timeout: float = 15) -> None:
+        """Wait until the job is in `status`."""
+        wait_until(lambda: self.status(job) == status, timeout, f"job {job.id} {status}")
+
+
+# --- scenarios: each returns the jobs it made, by label; the expected status of each label follows
+
+
+def finished(run: Run) -> dict[str, Job]:
+    run.start_worker()
+    job = run.enqueue(add, 2, 3)
+    run.wait_status(job, "finished")
+    return {"add": job}
+
+
+def failed(run: Run) -> dict[str, Job]:
+    run.start_worker()
+    job = run.enqueue(boom)
+    run.wait_status(job, "failed")
+    return {"boom": job}
+
+
+def canceled(run: Run) -> dict[str, Job]:
+    job = run.enqueue(add, 1, 1)
+    job.cancel()
+    run.start_worker()
+    sentinel = run.enqueue(add, 0, 0)
+    run.wait_status(sentinel, "finished")
+    return {"canceled": job, "after": sentinel}
+
+
+def stopped(run: Run) -> dict[str, Job]:
+    run.start_worker(forking=True)
+    job = run.enqueue(hold, 30)
+    run.wait_status(job, "started")
+    time.sleep(0.3)
+    send_stop_job_command(run.redis, job.id, serializer=JSONSerializer)
+    run.wait_status(job, "stopped")
+    return {"stopped": job}
+
+
+def suspended(run: Run) -> dict[str, Job]:
+    """Suspended while busy: the running job finishes, the next one waits for `rq resume`.
+
+    (A stock worker idle in its blocking dequeue takes one more job before it notices a
+    suspension, rq/worker/base.py dequeue_job_and_maintain_ttl; SlotWorker notices within a
+    second. The suite compares what both promise.)
+    """
+    run.start_worker()
+    busy = run.enqueue(hold, 6)
+    run.wait_status(busy, "started")
+    assert subprocess.run(rq_cli("suspend", run), capture_output=True, timeout=30).returncode == 0
+    job = run.enqueue(add, 4, 4)
+    assert run.status(busy) == "started", "the scenario needs the worker busy when suspended"
+    run.wait_status(busy, "finished")
+    wait_until(lambda: [w.get_state() for w in Worker.all(connection=run.redis)] == ["suspended"], 5, "suspended")
+    time.sleep(2.0)
+    assert run.status(job) == "queued", f"a suspended worker ({run.kind}) took a job"
+    assert subprocess.run(rq_cli("resume", run), capture_output=True, timeout=30).returncode == 0
+    run.wait_status(job, "finished")
+    return {"busy": busy, "after-resume": job}
+
+
+def killed_before_start(run: Run) -> dict[str, Job]:
+    """The worker dies after taking the job off the queue and before recording its start."""
+    first = run.start_worker()
+    time.sleep(0.5)  # waiting in its blocking dequeue
+    job = run.queue.create_job(hold, args=(0.1,), result_ttl=300, failure_ttl=3600)
+    job.save()
+    # Redis hands the id to the waiting worker as soon as it is pushed; the pause that follows in
+    # the same batch holds the worker's next write (its start bookkeeping) while it is killed.
+    with run.redis.pipeline(transaction=False) as pipe:
+        run.queue.push_job_id(job.id, pipeline=pipe)
+        pipe.execute_command("CLIENT", "PAUSE", 3000, "WRITE")
+        pipe.execute()
+    try:
+        assert run.redis.llen(run.queue.key) == 0, "the worker did not take the job"
+        time.sleep(0.3)
+        first.signal(9)
+        first.popen.wait(10)
+    finally:
+        run.redis.execute_command("CLIENT", "UNPAUSE")
+    assert run.status(job) == "queued"
+    # RQ gives a taken job a minute to start; then another worker's maintenance finds it.
+    intermediate = IntermediateQueue(run.queue.key, run.redis)
+    run.redis.set(intermediate.get_first_seen_key(job.id), now().timestamp() - 120)
+    for dead in Worker.all(connection=run.redis):
+        run.redis.srem("rq:workers", dead.key)
+        run.redis.srem(f"rq:workers:{QUEUE}", dead.key)
+        run.redis.delete(dead.key)
+    run.start_worker()
+    run.wait_status(job, "failed", 20)
+    return {"recovered": job}
+
+
+def emptied(run: Run) -> dict[str, Job]:
+    jobs = {f"waiting-{i}": run.enqueue(add, i, i) for i in range(3)}
+    result = subprocess.run([*rq_cli("empty", run), QUEUE], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    run.start_worker()
+    sentinel = run.enqueue(add, 5, 5)
+    run.wait_status(sentinel, "finished")
+    return {**jobs, "after": sentinel}
+
+
+def requeued(run: Run) -> dict[str, Job]:
+    run.start_worker()
+    job = run.enqueue(flaky, f"flaky:{run.kind}")
+    run.wait_status(job, "failed")
+    result = subprocess.run([*rq_cli("requeue", run), "--queue", QUEUE, "--all"], capture_output=True, timeout=30)
+    assert result.returncode == 0
+    run.wait_status(job, "finished")
+    return {"flaky": job}
+
+
+from tests.rq_jobs import add, boom, flaky, hold  # noqa: E402  (after the scenarios that name them)
+
+SCENARIOS: dict[str, tuple[Callable[[Run], dict[str, Job]], dict[str, str]]] = {
+    "finished": (finished, {"add": "finished"}),
+    "failed": (failed, {"boom": "failed"}),
+    "canceled": (canceled, {"canceled": "canceled", "after": "finished"}),
+    "stopped": (stopped, {"stopped": "stopped"}),
+    "suspend-resume": (suspended, {"busy": "finished", "after-resume": "finished"}),
+    "killed-between-take-and-start": (killed_before_start, {"recovered": "failed"}),
+    "rq-empty": (emptied, {"waiting-0": "gone", "waiting-1": "gone", "waiting-2": "gone", "after": "finished"}),
+    "requeue": (requeued, {"flaky": "finished"}),
+}
+
+
+def rq_cli(command: str, run: Run) -> list[str]:
+    return [shutil.which("rq") or "rq", command, "-u", run.stack.redis_url, "-S", "json"]
+
+
+# --- what an operator sees
+
+
+def registry_of(redis: Redis, job_id: str) -> str:
+    for name, cls in (("finished", FinishedJobRegistry), ("failed", FailedJobRegistry),
+                      ("canceled", CanceledJobRegistry), ("started", StartedJobRegistry)):  # fmt: skip
+        if job_id in cls(QUEUE, connection=redis).get_job_ids(cleanup=False):
+            return name
+    return "none"
+
+
+def api_view(redis: Redis, jobs: dict[str, Job]) -> dict[str, Any]:
+    """Per job, what RQ's API says: status, registry, result or failure, whether its key expires."""
+    view: dict[str, Any] = {}
+    for label, job in jobs.items():
+        if not redis.exists(job.key):
+            view[label] = {"status": "gone"}
+            continue
+        fresh = Job.fetch(job.id, connection=redis, serializer=JSONSerializer)
+        latest = fresh.latest_result()
+        view[label] = {
+            "status": fresh.get_status().value,
+            "registry": registry_of(redis, job.id),
+            "result": fresh.return_value(),
+            "failure": (latest.exc_string or "").strip().splitlines()[-1] if latest and latest.exc_string else None,
+            "expires": redis.ttl(job.key) > 0,
+        }
+    return view
+
+
+def info_view(stack: Stack) -> list[str]:
+    """`rq info --raw` on the queue, with each worker's name, host and pid left out."""
+    result = subprocess.run([shutil.which("rq") or "rq", "info", "--raw", "-u", stack.redis_url, "-S", "json", QUEUE],
+                            capture_output=True, text=True, timeout=30, check=True)  # fmt: skip
+    return sorted(re.sub(r"^worker .*\) ", "worker ", line) for line in result.stdout.splitlines())
+
+
+def dashboard_view(base: str, jobs: dict[str, Job]) -> dict[str, Any]:
+    """rq-dashboard's JSON: the queue's counts and each job's status and failure."""
+    queues = call("GET", f"{base}/0/data/queues.json", timeout=10).json()["queues"]
+    view: dict[str, Any] = {"queue": [q for q in queues if q["name"] == QUEUE]}
+    for label, job in jobs.items():
+        answer = call("GET", f"{base}/0/data/job/{job.id}.json", timeout=10)
+        if answer.status_code != 200:
+            view[label] = answer.status_code
+            continue
+        data = answer.json()
+        view[label] = {"status": data["status"], "result": data["result"], "failed": bool(data["exc_info"])}
+    for item in view["queue"]:
+        item.pop("url", None)
+    return view
+
+
+@pytest.fixture(scope="module")
+def dashboard(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """rq-dashboard as the Procfile runs it, on the session's Redis."""
+    stack = Stack(str(tmp_path_factory.mktemp("dashboard")), redis_server.url)
+    port = free_port()
+    line = next(p for p in (REPO / "Procfile").read_text().splitlines() if p.startswith("dashboard: "))
+    argv = shlex.split(line.removeprefix("dashboard: ").replace('"${REDIS_URL:-redis://localhost:6379/0}"',
+                                                                redis_server.url).replace('"${DASHBOARD_PORT:-9181}"',
+                                                                                          str(port)))  # fmt: skip
+    argv[0] = shutil.which(argv[0]) or argv[0]
+    stack.spawn("dashboard", argv, stack.env())
+    base = f"http://127.0.0.1:{port}"
+    wait_until(lambda: call("GET", f"{base}/0/data/queues.json", timeout=2).status_code == 200, 20, "dashboard up")
+    yield base
+    stack.stop()
+
+
+def observe(
+    kind: str, scenario: Callable[[Run], dict[str, Job]], tmp: str, redis_url: str, base: str
+) -> dict[str, Any]:
+    redis = Redis.from_url(redis_url)
+    redis.flushall()
+    Path(tmp).mkdir(parents=True, exist_ok=True)
+    stack = Stack(tmp, redis_url)
+    run = Run(kind, stack, redis, Queue(QUEUE, connection=redis, serializer=JSONSerializer))
+    try:
+        jobs = scenario(run)
+        time.sleep(0.3)  # the worker's last state change after the job's end
+        return {"api": api_view(redis, jobs), "rq info": info_view(stack), "dashboard": dashboard_view(base, jobs)}
+    finally:
+        stack.stop()
+        resume(redis)
+        redis.close()
+
+
+@pytest.mark.parametrize("name", list(SCENARIOS))
+def test_slot_worker_shows_what_a_stock_rq_worker_shows(
+    name: str, dashboard: str, redis_server: RedisServer, tmp_path: Any
+) -> None:
+    scenario, expected = SCENARIOS[name]
+    views = {kind: observe(kind, scenario, str(tmp_path / kind), redis_server.url, dashboard) for kind in KINDS}
+    assert {label: job["status"] for label, job in views["rq"]["api"].items()} == expected
+    assert views["ours"] == views["rq"]
