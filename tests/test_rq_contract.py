@@ -10,7 +10,6 @@ has no work horse to stop (rq/worker/base.py, kill_horse is a no-op there).
 from __future__ import annotations
 
 import re
-import shlex
 import shutil
 import subprocess
 import sys
@@ -34,11 +33,13 @@ from rq.worker import Worker
 
 from tests.client import call
 from tests.conftest import RedisServer
-from tests.stack import REPO, Process, Stack, free_port, wait_until
+from tests.stack import Process, Stack, free_port, wait_until
+from tests.test_dashboard import dashboard_argv
 
 pytestmark = pytest.mark.e2e
 
 QUEUE = "contract"
+LOGIN = ("operator", "contract-password")
 KINDS = ("rq", "ours")
 
 
@@ -248,10 +249,10 @@ def info_view(stack: Stack) -> list[str]:
 
 def dashboard_view(base: str, jobs: dict[str, Job]) -> dict[str, Any]:
     """rq-dashboard's JSON: the queue's counts and each job's status and failure."""
-    queues = call("GET", f"{base}/0/data/queues.json", timeout=10).json()["queues"]
+    queues = call("GET", f"{base}/0/data/queues.json", auth=LOGIN, timeout=10).json()["queues"]
     view: dict[str, Any] = {"queue": [q for q in queues if q["name"] == QUEUE]}
     for label, job in jobs.items():
-        answer = call("GET", f"{base}/0/data/job/{job.id}.json", timeout=10)
+        answer = call("GET", f"{base}/0/data/job/{job.id}.json", auth=LOGIN, timeout=10)
         if answer.status_code != 200:
             view[label] = answer.status_code
             continue
@@ -264,17 +265,14 @@ def dashboard_view(base: str, jobs: dict[str, Job]) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def dashboard(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """rq-dashboard as the Procfile runs it, on the session's Redis."""
+    """rq-dashboard as the Procfile runs it (behind its login), on the session's Redis."""
     stack = Stack(str(tmp_path_factory.mktemp("dashboard")), redis_server.url)
     port = free_port()
-    line = next(p for p in (REPO / "Procfile").read_text().splitlines() if p.startswith("dashboard: "))
-    argv = shlex.split(line.removeprefix("dashboard: ").replace('"${REDIS_URL:-redis://localhost:6379/0}"',
-                                                                redis_server.url).replace('"${DASHBOARD_PORT:-9181}"',
-                                                                                          str(port)))  # fmt: skip
-    argv[0] = shutil.which(argv[0]) or argv[0]
-    stack.spawn("dashboard", argv, stack.env())
+    env = stack.env(RQ_DASHBOARD_USERNAME=LOGIN[0], RQ_DASHBOARD_PASSWORD=LOGIN[1], DASHBOARD_PORT=port)
+    stack.spawn("dashboard", dashboard_argv(), env)
     base = f"http://127.0.0.1:{port}"
-    wait_until(lambda: call("GET", f"{base}/0/data/queues.json", timeout=2).status_code == 200, 20, "dashboard up")
+    wait_until(lambda: call("GET", f"{base}/0/data/queues.json", auth=LOGIN, timeout=2).status_code == 200, 20,
+               "dashboard up")  # fmt: skip
     yield base
     stack.stop()
 
