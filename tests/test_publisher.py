@@ -188,11 +188,11 @@ def test_a_publisher_loop_that_crashes_is_restarted_and_loses_nothing(
 
     real_send, calls = module._send, []
 
-    async def crashing_once(*args: Any) -> None:
+    async def crashing_once(*args: Any) -> list[int]:
         calls.append(1)
         if len(calls) == 1:
             raise KeyError("a bug")
-        await real_send(*args)
+        return await real_send(*args)
 
     monkeypatch.setattr(module, "_send", crashing_once)
     before = RESTARTS["publisher"]
