@@ -99,6 +99,8 @@ _GO_ESC = str.maketrans({"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028
 
 def gojson(obj: Any) -> bytes:
     """Encode like Go's encoding/json: compact, raw UTF-8, HTML-escaped <, >, &."""
+    # Ollama writes every response and NDJSON line with gin's c.JSON / json.Marshal (server/routes.go
+    # streamResponse), i.e. Go's encoding/json defaults (SetEscapeHTML true).
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).translate(_GO_ESC).encode()
 
 
@@ -107,6 +109,7 @@ _ts_cache: tuple[int, bytes] = (-1, b"")
 
 def _created_at() -> bytes:
     """Current UTC time in Go's RFC3339Nano (trailing zeros trimmed)."""
+    # api/types.go ChatResponse.CreatedAt is a time.Time, marshalled by Go as RFC3339Nano.
     global _ts_cache
     secs, frac = divmod(time.time_ns(), 1_000_000_000)
     if _ts_cache[0] != secs:
@@ -129,6 +132,8 @@ _DUR_UNITS = {"ns": 1e-9, "us": 1e-6, "\u00b5s": 1e-6, "\u03bcs": 1e-6, "ms": 1e
 
 def parse_go_duration(text: str) -> float:
     """Parse a Go time.ParseDuration string into seconds; ValueError carries Go's message."""
+    # Ollama's api/types.go Duration.UnmarshalJSON hands strings to Go's time.ParseDuration
+    # (src/time/format.go ParseDuration), whose error texts these are.
     s, total, neg = text.lstrip("+-"), 0.0, text[:1] == "-"
     if len(text) - len(s) > 1 or not s:
         raise ValueError(f'time: invalid duration "{text}"')
@@ -158,6 +163,8 @@ class _ApiError(Exception):
 
 def _keep_alive_seconds(v: Any) -> float:
     """Ollama's api.Duration: number = seconds, string = Go duration, negative = forever."""
+    # ollama/ollama api/types.go Duration.UnmarshalJSON: float64 → seconds, string →
+    # time.ParseDuration, any other type → "Unsupported type", a negative value → forever.
     if v is None:
         return DEFAULT_KEEP_ALIVE_S
     if isinstance(v, bool) or not isinstance(v, (int, float, str)):
@@ -557,10 +564,13 @@ class FakeOllama:
     def _installed(self, tag: str) -> ModelSpec:
         spec = self.models.get(norm(tag))
         if spec is None or not spec.installed:
+            # server/routes.go ChatHandler: GetModel fails → 404 `model '<name>' not found`.
             raise _ApiError(404, f"model '{tag}' not found")
         return spec
 
     def _tags(self) -> dict[str, Any]:
+        # server/routes.go ListHandler answers the model list cache (server/model_list_cache.go):
+        # installed manifests, named by name.DisplayShortest(), size = bytes on disk.
         return {
             "models": [
                 {
@@ -747,6 +757,8 @@ class FakeOllama:
 
         sched = self.sched
         assert sched is not None
+        # server/routes.go ChatHandler: no messages + keep_alive 0 → unload, done_reason "unload";
+        # no messages otherwise → load only, done_reason "load" (both answered as one JSON object).
         if not messages and keep_alive == 0:
             sched.expire(key)
             return await short(200, "unload")
