@@ -17,6 +17,7 @@ from rq.command import send_stop_job_command
 from rq.serializers import JSONSerializer
 
 from common import keys
+from common.events import Done, Started, Tokens, decode
 from common.jobs import GenerateJob
 from tests.client import call
 from tests.fake_ollama import FakeOllama
@@ -58,6 +59,26 @@ def test_a_job_failed_in_the_worker_reaches_rqs_failed_registry_and_expires(
     wait_until(lambda: fetch(stack.redis, job_id).get_status().value == "failed", 5, "the job recorded failed")
     job = assert_recorded(stack.redis, job_id, "failed")
     assert says in (job.latest_result().exc_string or "")  # type: ignore[union-attr]
+
+
+def test_a_slow_engines_job_is_started_and_announced_before_its_first_token(
+    stack: Stack, fake_ollama: FakeOllama, redis: Redis
+) -> None:
+    """The worker sends the request first, then announces the job and records its start while the
+    engine works: neither waits for the first token."""
+    fake_ollama.set_behavior("*", first_byte_delay=3, reply_tokens=3)
+    start(stack, fake_ollama)
+    sent = time.monotonic()
+    request = RawRequest(f"{stack.web_url}/llm", body("slow start", stream=True))
+    job_id = only_job(redis, "started")
+    backlog = wait_until(lambda: redis.xrange(keys.job_backlog(job_id)), 2, "the job's first event")
+    assert time.monotonic() - sent < 2.5, "announced only once the engine answered"
+    assert [type(decode(fields[b"m"])[1]) for _, fields in backlog] == [Started]
+    assert fetch(redis, job_id).worker_name, "RQ names the worker that started it"
+    request.read_all(timeout=10)
+    assert read_stream(request.body_lines()).finish_reason == "stop"
+    kinds = [type(decode(fields[b"m"])[1]) for _, fields in redis.xrange(keys.job_backlog(job_id))]
+    assert kinds[0] is Started and kinds[-1] is Done and set(kinds[1:-1]) == {Tokens}
 
 
 def test_a_job_whose_client_left_is_recorded_canceled_and_expires(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +31,8 @@ class WorkerContext:
     backend: Backend
     # Jobs whose engine call already started (worker.jobs.begin), by id.
     begun: dict[str, Future[dict[str, Any]]] = field(default_factory=dict)
+    # Set once a begun job's Started event is in Redis, or it ended (worker.jobs.begin_all waits on it).
+    announced: dict[str, threading.Event] = field(default_factory=dict)
     # What provisioning learnt about each configured model (its family, context), by model id.
     models: dict[str, ModelFit] = field(default_factory=dict)
 

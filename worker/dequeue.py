@@ -15,24 +15,38 @@ from dataclasses import dataclass
 
 from redis import Redis
 from rq.intermediate_queue import IntermediateQueue
+from rq.job import Job
 from rq.suspension import WORKERS_SUSPENDED
 
-# KEYS: the suspension flag, then each queue key in order. ARGV: how many ids to take at most.
-# Returns {} when nothing waits, {0} when suspended, else {queue key, id, id, ...}.
+# KEYS: the suspension flag, then each queue key in order. ARGV: how many ids to take at most,
+# an id already moved from the first queue ('' if none; it is taken whatever the flag says),
+# and the prefix of job hashes' keys (RQ's `rq:job:`).
+# Returns {} when nothing waits, {0} when suspended, else {queue key, id, fields, id, fields, ...}
+# with each job's hash as HGETALL gives it (empty for a job that is gone): the worker reads its
+# jobs in the same round trip as it takes them.
 _TAKE = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return {0} end
 local count = tonumber(ARGV[1])
-for i = 2, #KEYS do
+local moved = ARGV[2]
+if moved == '' and redis.call('EXISTS', KEYS[1]) == 1 then return {0} end
+local first = 2
+local last = #KEYS
+if moved ~= '' then last = 2 end
+for i = first, last do
   local ids = {}
+  if i == 2 and moved ~= '' then ids[1] = moved end
   local target = KEYS[i] .. ':intermediate'
-  for _ = 1, count do
+  while #ids < count do
     local id = redis.call('LMOVE', KEYS[i], target, 'LEFT', 'RIGHT')
     if not id then break end
     ids[#ids + 1] = id
   end
   if #ids > 0 then
-    table.insert(ids, 1, KEYS[i])
-    return ids
+    local reply = {KEYS[i]}
+    for _, id in ipairs(ids) do
+      reply[#reply + 1] = id
+      reply[#reply + 1] = redis.call('HGETALL', ARGV[3] .. id)
+    end
+    return reply
   end
 end
 return {}
@@ -45,10 +59,12 @@ MULTI_QUEUE_WAIT_S = 0.05
 
 @dataclass(frozen=True)
 class Taken:
-    """What one attempt to take jobs found: the queue and ids moved, or that workers are suspended."""
+    """What one attempt to take jobs found: the queue, the ids moved and each job's hash as it
+    was then (None for a job that is gone), or that workers are suspended."""
 
     queue_key: str = ""
     job_ids: tuple[str, ...] = ()
+    hashes: tuple[dict[bytes, bytes] | None, ...] = ()
     suspended: bool = False
 
 
@@ -75,16 +91,15 @@ class Dequeuer:
         moved = self.redis.blmove(first, intermediate, timeout, "LEFT", "RIGHT")  # type: ignore[arg-type]
         if moved is None:
             return Taken()
-        ids = [_text(moved)]
-        if count > 1:
-            more = self._take_now([first], count - 1)
-            ids += more.job_ids
-        return Taken(first, tuple(ids))
+        return self._take_now([first], count, moved=_text(moved))
 
-    def _take_now(self, queue_keys: list[str], count: int) -> Taken:
-        reply = self._take(keys=[WORKERS_SUSPENDED, *queue_keys], args=[count])
+    def _take_now(self, queue_keys: list[str], count: int, moved: str = "") -> Taken:
+        reply = self._take(keys=[WORKERS_SUSPENDED, *queue_keys], args=[count, moved, Job.redis_job_namespace_prefix])
         if not reply:
             return Taken()
         if reply == [0]:
             return Taken(suspended=True)
-        return Taken(_text(reply[0]), tuple(_text(job_id) for job_id in reply[1:]))
+        pairs = reply[1:]
+        ids = tuple(_text(job_id) for job_id in pairs[0::2])
+        hashes = tuple(dict(zip(flat[0::2], flat[1::2], strict=True)) or None for flat in pairs[1::2])
+        return Taken(_text(reply[0]), ids, hashes)

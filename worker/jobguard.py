@@ -11,17 +11,19 @@ which cannot call anything else on any RQ code path.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, TypeVar
 
 from redis import Redis
 from rq.exceptions import DeserializationError
 from rq.job import Job
 from rq.job_lifecycle import record_job_failure
+from rq.registry import BaseRegistry, FailedJobRegistry, FinishedJobRegistry, StartedJobRegistry
 
 from common.jobs import FAILURE_TTL_S
 from common.keys import GENERATE_JOB
 
 logger = logging.getLogger(__name__)
+R = TypeVar("R", bound=BaseRegistry)
 
 
 def refusal(job: Job) -> str | None:
@@ -47,8 +49,39 @@ class RefusedJob(Exception):
     """A job that names something other than the runner's job function."""
 
 
+_REGISTRIES: dict[tuple[type[BaseRegistry], str], BaseRegistry] = {}
+
+
+def _registry(job: Job, kind: type[R]) -> R:
+    """RQ's `kind` registry of the job's queue, made once per queue and connection.
+
+    RQ builds a new registry object at each use, and each resolves its serializer through an
+    isinstance check against a typing Protocol (tens of µs); a worker uses them for every job.
+    """
+    cached = _REGISTRIES.get((kind, job.origin))
+    if cached is None or cached.connection is not job.connection:
+        cached = kind(job.origin, connection=job.connection, job_class=type(job), serializer=job.serializer)
+        _REGISTRIES[(kind, job.origin)] = cached
+    return cached  # type: ignore[return-value]
+
+
 class RunnerJob(Job):
     """RQ's Job, except that it calls only the runner's job function and never any callback."""
+
+    @property
+    def started_job_registry(self) -> StartedJobRegistry:
+        """RQ's StartedJobRegistry of the job's queue (one object per queue)."""
+        return _registry(self, StartedJobRegistry)
+
+    @property
+    def finished_job_registry(self) -> FinishedJobRegistry:
+        """RQ's FinishedJobRegistry of the job's queue (one object per queue)."""
+        return _registry(self, FinishedJobRegistry)
+
+    @property
+    def failed_job_registry(self) -> FailedJobRegistry:
+        """RQ's FailedJobRegistry of the job's queue (one object per queue)."""
+        return _registry(self, FailedJobRegistry)
 
     @property
     def func(self) -> Any:

@@ -119,7 +119,7 @@ def run(settings: Settings) -> None:
             active=active,
             grace_s=settings.shutdown_grace_s,
             max_age_s=settings.queue_timeout_s,
-            on_taken=lambda job: jobs.begin(job.id, job.args[0]),
+            on_taken=jobs.begin_all,
             prompts=PromptRetention(redis, settings.prompt_retention_s, settings.drop_prompts_at_start),
         )
         if not isinstance(backend, OllamaBackend):

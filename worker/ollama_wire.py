@@ -107,8 +107,8 @@ def parse_lines(lines: list[bytes]) -> Parsed:
     parsed = Parsed([])
     for raw in lines:
         try:
-            obj = json.loads(raw)
-        except ValueError:
+            obj = json.loads(raw.decode())  # str: json.loads(bytes) would detect the encoding each time
+        except ValueError:  # UnicodeDecodeError included
             obj = None
         if not isinstance(obj, dict):
             parsed.error = BackendError(f"Ollama sent an unexpected line: {raw[:120]!r}", reason="protocol")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import threading
 import time
 
 from redis.exceptions import NoScriptError, RedisError, ResponseError
@@ -51,6 +52,7 @@ class Publisher:
         self._backlog: dict[str, list[tuple[int, bytes]]] = {}  # job id → (seq, message)
         self._seq: dict[str, int] = {}  # job id → last sequence number given
         self._lost: dict[str, str] = {}  # job id → why its events were lost
+        self._sent: list[threading.Event] = []  # set once what is pending now has been sent
         self._wakeup: asyncio.Event | None = None
         self._sending = False
         self._failing_since: float | None = None
@@ -58,8 +60,9 @@ class Publisher:
         self.readers = Readers()
         asyncio.run_coroutine_threadsafe(self._supervise(), loop)
 
-    def publish(self, job_id: str, channel: str, message: bytes) -> None:
-        """Number and queue one event of `job_id` for `channel` (on the loop's thread only).
+    def publish(self, job_id: str, channel: str, message: bytes, sent: threading.Event | None = None) -> None:
+        """Number and queue one event of `job_id` for `channel` (on the loop's thread only); `sent`
+        is set once it is in Redis (or given up on).
 
         Raises QueueUnavailable if events of this job could not be published earlier.
         """
@@ -75,6 +78,8 @@ class Publisher:
         else:
             entries.append((seq, message))
         self._add(channel, message)
+        if sent is not None:
+            self._sent.append(sent)
 
     def publish_threadsafe(self, channel: str, message: bytes) -> None:
         """Queue one unnumbered event (a ping) from any other thread (the heartbeat's)."""
@@ -128,7 +133,10 @@ class Publisher:
             wakeup.clear()
             batch, self._pending = self._pending, {}
             backlog, self._backlog = self._backlog, {}
+            sent, self._sent = self._sent, []
             if not batch and not backlog:
+                for event in sent:
+                    event.set()
                 continue
             self._sending = True
             try:
@@ -145,6 +153,8 @@ class Publisher:
                 raise
             finally:
                 self._sending = False
+                for event in sent:
+                    event.set()
 
     def _retry_or_drop(self, batch: dict[str, list[bytes]], backlog: dict[str, list[tuple[int, bytes]]],
                        why: str) -> None:  # fmt: skip

@@ -1,7 +1,8 @@
 """A batch of Redis commands in one round trip on one redis-py asyncio connection.
 
 redis-py does the connection (TCP or unix socket, TLS, AUTH, RESP parsing by hiredis); this
-only sends a batch packed by redis-py and reads one reply per command under one deadline. Its
+only sends a batch packed by hiredis (the C packer redis-py's sync client uses; its asyncio one
+packs in Python, per argument) and reads one reply per command under one deadline. Its
 Pipeline object costs about twice as much CPU per round trip (a command stack, a timeout per
 reply, response callbacks), and this runs on every event's path, the first token's included.
 """
@@ -12,6 +13,7 @@ import asyncio
 import math
 from typing import Any
 
+from hiredis import pack_command  # redis[hiredis]: the C packer redis-py's sync client uses
 from redis.asyncio.connection import AbstractConnection, ConnectionPool
 from redis.exceptions import ResponseError
 
@@ -41,7 +43,8 @@ class RedisLink:
         try:
             async with asyncio.timeout(COMMAND_TIMEOUT_S):
                 await conn.connect()  # at once when connected
-                await conn.send_packed_command(conn.pack_commands(commands), check_health=False)
+                packed = b"".join([pack_command(command) for command in commands])  # type: ignore[arg-type]
+                await conn.send_packed_command(packed, check_health=False)
                 replies: list[Any] = []
                 for _ in commands:
                     try:

@@ -57,10 +57,11 @@ class PromptRetention:
         self._set_if_exists = redis.register_script(_SET_IF_EXISTS)
 
     def on_start(self, jobs: list[Job], pipe: Pipeline) -> None:
-        """In the jobs' start bookkeeping: blank their prompts now, or note them for the sweep."""
+        """In the jobs' start bookkeeping, which runs only for jobs that exist (still queued): blank
+        their prompts now, or note them for the sweep."""
         if self.drop_at_start:
             for job in jobs:
-                self._set_if_exists(keys=[job.key], args=[blank_prompt(job.data)], client=pipe)
+                pipe.hset(job.key, "data", blank_prompt(job.data))
         else:
             pipe.zadd(keys.prompt_retention(), {job.id: time.time() for job in jobs})
 

@@ -7,8 +7,8 @@ other GPUs. Jobs are RQ jobs throughout (intermediate queue, registries, executi
 client is recorded as canceled, one stopped by an operator as stopped, as RQ records them.
 
 Bookkeeping is batched, because job start is on every request's path: free slots are filled
-with as many queued jobs as are waiting in one pop, fetched in one round trip and marked started
-in one pipeline; a finished job is recorded in one pipeline.
+with as many queued jobs as are waiting, taken and read in one script and marked started in one
+more (common.job_state); a finished job is recorded in one.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from typing import Any
 
 from redis import Redis
 from redis.client import Pipeline
-from redis.exceptions import RedisError, WatchError
+from redis.exceptions import RedisError
 from rq.command import parse_payload
 from rq.executions import Execution, ExecutionRegistry
 from rq.intermediate_queue import IntermediateQueue
@@ -40,7 +40,7 @@ from rq.worker import BaseWorker, WorkerStatus
 
 from common import keys
 from common.errors import JobCancelled, RunnerError
-from common.job_state import statuses
+from common.job_state import Command, Guarded, commands, run_guarded
 from common.jobs import RESULT_TTL_S
 from worker import jobguard, records
 from worker.active import ActiveJobs
@@ -102,7 +102,7 @@ class SlotWorker(BaseWorker):
         active: ActiveJobs,
         grace_s: float,
         max_age_s: float | None = None,
-        on_taken: Callable[[Job], None] | None = None,
+        on_taken: Callable[[list[Job]], None] | None = None,
         prompts: PromptRetention | None = None,
     ) -> None:
         super().__init__(
@@ -128,7 +128,7 @@ class SlotWorker(BaseWorker):
         self._suspended = False
         self._state_lock = threading.Lock()
         self._stopped_ids: set[str] = set()
-        # Called with each job the moment it is taken, before any bookkeeping: lets it start its I/O.
+        # Called with the jobs the moment they are taken, before any bookkeeping: starts their I/O.
         self.on_taken = on_taken
         self.prompts = prompts
         self._queues_by_name = {q.name: q for q in self.queues}
@@ -273,7 +273,7 @@ class SlotWorker(BaseWorker):
                 logger.warning("worker %s: could not deregister: %s", self.name, exc)
 
     def _fill(self, free: int) -> None:
-        """Start up to `free` queued jobs: one take, one fetch and one bookkeeping round trip."""
+        """Start up to `free` queued jobs: one take (which reads the jobs too) and one bookkeeping round trip."""
         if self.should_run_maintenance_tasks:
             self.run_maintenance_tasks()  # type: ignore[no-untyped-call]
             self._prune_canceled()
@@ -288,30 +288,38 @@ class SlotWorker(BaseWorker):
             return
         if not taken.job_ids:
             return
-        fetched = self.job_class.fetch_many(list(taken.job_ids), self.connection, self.serializer)
+        fetched = [self._restore(job_id, fields) for job_id, fields in zip(taken.job_ids, taken.hashes, strict=True)]
         runnable = self._runnable(taken.queue_key, taken.job_ids, fetched)
         jobs = jobguard.admit(runnable, self.connection)
         for refused in {job.id for job in runnable} - {job.id for job in jobs}:
             self.connection.lrem(IntermediateQueue.get_intermediate_queue_key(taken.queue_key), 1, refused)
         if not jobs:
             return
-        # The jobs run (their Ollama calls are out already) while RQ's start bookkeeping runs here:
-        # it is off the path to the first token, which Ollama takes longer than that to produce.
-        if self.on_taken is not None:
-            for job in jobs:
-                try:
-                    self.on_taken(job)
-                except Exception:
-                    logger.exception("job %s: could not be started early; it starts in its thread", job.id)
         batch = _Batch()
         with self._changed:
             self._running += len(jobs)
-        for index, job in enumerate(jobs):
-            self._pool.submit(self._run, job, batch, index)
+        # The jobs run (their engine calls go out now) before RQ's start bookkeeping is written:
+        # it is off the path to the first token. A job whose start cannot be recorded (the web
+        # cancelled it meanwhile) is stopped then.
+        if self.on_taken is not None:
+            try:
+                self.on_taken(jobs)
+            except Exception:
+                logger.exception("jobs %s: could not be started early; each starts in its thread", jobs)
         try:
             batch.executions = self._mark_started(jobs, IntermediateQueue.get_intermediate_queue_key(taken.queue_key))
         finally:
             batch.ready.set()
+            for index, job in enumerate(jobs):
+                self._pool.submit(self._run, job, batch, index)
+
+    def _restore(self, job_id: str, fields: dict[bytes, bytes] | None) -> Job | None:
+        """The job from its hash as the take read it, as RQ's Job.fetch_many builds it."""
+        if fields is None:
+            return None
+        job = self.job_class(job_id, connection=self.connection, serializer=self.serializer)
+        job.restore(fields)
+        return job
 
     def _note_suspension(self, suspended: bool) -> None:
         """Follow `rq suspend` / `rq resume` as RQ's worker does (state SUSPENDED while suspended)."""
@@ -345,47 +353,44 @@ class SlotWorker(BaseWorker):
         return jobs
 
     def _mark_started(self, jobs: list[Job], intermediate: str) -> list[Execution | None]:
-        """RQ's start bookkeeping for several jobs (executions, status, registries) in one transaction.
+        """RQ's start bookkeeping for several jobs (executions, status, registries) in one round trip.
 
         Only jobs still queued start: one the web cancelled meanwhile stays canceled, and its
         generation (already on its way) is stopped.
         """
-        with self.connection.pipeline() as pipe:
-            while True:
-                try:
-                    executions = self._start_transaction(pipe, jobs, intermediate)
-                    break
-                except WatchError:
-                    continue
-        for job, execution in zip(jobs, executions, strict=True):
-            if execution is None:
-                self.active.cancel(job.id, "ended elsewhere before it started")
-            else:
+        planned = [self._start_commands(job) for job in jobs]
+        guarded = [Guarded(job.key, {JobStatus.QUEUED}, start) for job, (_, start) in zip(jobs, planned, strict=True)]
+        # Off the intermediate queue whatever the status (RQ removes it in the same transaction).
+        first = [("LREM", intermediate, 1, job.id) for job in jobs]
+        last = commands(self.connection, self._busy_and_alive)
+        found = run_guarded(self.connection, guarded, first=first, last=last)
+        executions: list[Execution | None] = []
+        for job, (execution, _), status in zip(jobs, planned, found, strict=True):
+            if status is None:
                 self.executions[execution.id] = execution
+                executions.append(execution)
+            else:
+                self.active.cancel(job.id, "ended elsewhere before it started")
+                executions.append(None)
         return executions
 
-    def _start_transaction(self, pipe: Pipeline, jobs: list[Job], intermediate: str) -> list[Execution | None]:
-        pipe.watch(*[job.key for job in jobs])
-        # Read on another connection, in one round trip: any change after the WATCH still aborts.
-        current = statuses(self.connection, [job.key for job in jobs])
-        pipe.multi()
-        executions: list[Execution | None] = []
-        started: list[Job] = []
-        for job, status in zip(jobs, current, strict=True):
-            pipe.lrem(intermediate, 1, job.id)
-            if status != JobStatus.QUEUED:
-                executions.append(None)
-                continue
-            executions.append(Execution.create(job, EXECUTION_TTL_S, pipeline=pipe, worker_name=self.name))
+    def _start_commands(self, job: Job) -> tuple[Execution, list[Command]]:
+        """RQ's start bookkeeping for one job (its execution, status, registries), as commands."""
+        made: list[Execution] = []
+
+        def start(pipe: Pipeline) -> None:
+            made.append(Execution.create(job, EXECUTION_TTL_S, pipeline=pipe, worker_name=self.name))
             job.prepare_for_execution(self.name, pipeline=pipe)
             pipe.persist(job.key)
-            started.append(job)
-        if self.prompts is not None and started:
-            self.prompts.on_start(started, pipe)
+            if self.prompts is not None:
+                self.prompts.on_start([job], pipe)
+
+        recorded = commands(self.connection, start)
+        return made[0], recorded
+
+    def _busy_and_alive(self, pipe: Pipeline) -> None:
         self.set_state(WorkerStatus.BUSY, pipeline=pipe)
         self.heartbeat(WORKER_TTL_S + 60, pipeline=pipe)
-        pipe.execute()
-        return executions
 
     def _run(self, job: Job, batch: _Batch, index: int) -> None:
         try:
