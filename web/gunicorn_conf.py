@@ -83,9 +83,11 @@ def child_exit(server: Any, worker: Any) -> None:
 def post_worker_init(worker: Any) -> None:
     """Bound the worker's connections; make SIGTERM start the app's drain before gunicorn stops
     accepting connections."""
+    from common import heap
     from web.connections import bound_connections
 
     bound_connections(worker, _settings.max_connections, _settings.header_timeout_s)
+    heap.settle()  # the app is loaded: what exists now lives as long as the process
     original = worker.handle_exit
 
     def handle_exit(sig: int, frame: FrameType | None) -> None:

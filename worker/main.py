@@ -10,7 +10,7 @@ import sys
 import threading
 from types import FrameType
 
-from common import fleet, keys
+from common import fleet, heap, keys
 from common.errors import ConfigError
 from common.fleet import READY, STOPPING, WorkerRecord
 from common.logs import configure_logging
@@ -146,6 +146,7 @@ def run(settings: Settings) -> None:
         heartbeat.announce()
         if stop.is_set():
             return
+        heap.settle()
         worker.work_until_stopped()
     finally:
         stop.set()  # ends the model schedule
