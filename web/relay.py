@@ -291,7 +291,7 @@ class JobRelay:
             logger.warning("job %s: cancel (%s) incomplete: %s", self.job_id, why, exc)
 
     def _unqueue(self) -> bool:
-        """Take the job off its queue and record it canceled, in one transaction, if it is still
+        """Take the job off its queue and record it canceled, atomically, if it is still
         queued; False when a worker has taken it (or it is gone)."""
         redis = self.rt.redis
         job = Job.fetch(self.job_id, connection=redis, serializer=JSONSerializer)

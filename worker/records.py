@@ -38,7 +38,7 @@ def _lost_race(worker: SlotWorker, job: Job, execution: Execution | None, end: s
 
 
 def record_success(worker: SlotWorker, job: Job, execution: Execution, return_value: Any) -> bool:
-    """RQ's success bookkeeping (status, result, registries, counters) in one transaction."""
+    """RQ's success bookkeeping (status, result, registries, counters), atomically."""
     job.ended_at = now()
     job._status = JobStatus.FINISHED
     started_at = job.started_at or job.ended_at
