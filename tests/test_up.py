@@ -16,6 +16,8 @@ from redis import Redis
 from ops.supervise import EMBEDDED_MODEL_ID, ollama_answers, redis_server_binary
 from tests.client import call
 from tests.fake_ollama import FakeOllama
+from tests.golivepeer import read_stream
+from tests.rawclient import RawRequest
 from tests.stack import FAKE_NVML, REPO, free_port, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -48,6 +50,16 @@ def test_up_runs_the_whole_stack_and_stops_it(tmp_path: Path, fake_ollama: FakeO
         (server,) = [c for c in children if "redis-server" in c.name()]
         assert "requirepass" not in " ".join(server.cmdline())
         assert f"redis://:***@127.0.0.1:{redis_port}/0" in log.read_text()
+        # Stopped mid-stream: the web and the worker drain while Redis, which they need to finish
+        # it, stays up until they have exited.
+        fake_ollama.set_behavior("*", tokens_per_s=10, reply_tokens=15)
+        draining = {"messages": [{"role": "user", "content": "drain me please"}], "stream": True}
+        stream = RawRequest(f"{url}/llm", draining)
+        stream.read_until(b"data: ")
+        up.send_signal(signal.SIGTERM)
+        stream.read_all(timeout=30)
+        answer_read = read_stream(stream.body_lines())
+        assert answer_read.finish_reason == "stop" and answer_read.text == "drain me please " * 5
     except BaseException:
         print(log.read_text())
         raise
@@ -56,6 +68,7 @@ def test_up_runs_the_whole_stack_and_stops_it(tmp_path: Path, fake_ollama: FakeO
         code = up.wait(timeout=40)
     assert code == 0, log.read_text()
     assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+    assert "could not deregister" not in log.read_text(), "the worker outlived its Redis"
 
 
 def test_up_without_an_engine_serves_real_tokens_from_the_embedded_one(tmp_path: Path) -> None:
