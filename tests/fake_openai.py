@@ -26,7 +26,8 @@ sends them), sharing no HTTP code with the client under test. What it does, and 
 
 Knobs (`set_behavior`): first_token_delay, tokens_per_s, reply_tokens, status + error (before the
 stream), error_after (vLLM's error event after N tokens), drop_after (connection cut after N tokens),
-stall_after (no token after N tokens), ping_s (during a stall, sse-starlette's `: ping - <time>`
+stall_after (no token after N tokens), done_after (after N tokens, `[DONE]` with no finish_reason, as
+llama-cpp-python ends an interrupted stream, without waiting for a second request), ping_s (during a stall, sse-starlette's `: ping - <time>`
 comment every so many seconds, as `EventSourceResponse` sends them), interrupt (bool), usage (bool:
 vLLM's usage chunk).
 """
@@ -43,7 +44,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 KNOBS = frozenset({"first_token_delay", "tokens_per_s", "reply_tokens", "status", "error", "error_after",
-                   "drop_after", "stall_after", "interrupt", "usage", "ping_s"})  # fmt: skip
+                   "drop_after", "stall_after", "interrupt", "usage", "ping_s", "done_after"})  # fmt: skip
 PROMPT_TOKENS_PER_MESSAGE = 7
 
 
@@ -280,7 +281,7 @@ class FakeOpenAI:
                     writer.write(event(self._error(500, "engine failure mid-stream")) + event("[DONE]") + b"0\r\n\r\n")
                     rec.outcome = "error"
                     return
-                if not self.vllm and beh.get("interrupt") and self._waiting:
+                if i == beh.get("done_after") or (not self.vllm and beh.get("interrupt") and self._waiting):
                     writer.write(event("[DONE]") + b"0\r\n\r\n")
                     await writer.drain()
                     rec.outcome = "interrupted"

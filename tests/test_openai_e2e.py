@@ -62,7 +62,7 @@ def runner(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) 
 def reset(runner: Runner) -> None:
     runner.fake.set_behavior(first_token_delay=0.0, tokens_per_s=0.0, reply_tokens=8, status=None, error=None,
                              error_after=None, drop_after=None, stall_after=None, interrupt=True,
-                             usage=False, ping_s=None)  # fmt: skip
+                             usage=False, ping_s=None, done_after=None)  # fmt: skip
 
 
 def body(prompt: str = "hello", *, stream_: bool = True, max_tokens: int = 64) -> dict[str, object]:
@@ -126,6 +126,18 @@ def test_an_interrupted_stream_ends_with_finish_reason_error(runner: Runner) -> 
     assert response.status_code == 200 and got.finish_reason == "error" and got.saw_done_marker
     assert got.text.startswith(expected(3)) and got.usage["completion_tokens"] >= 3
     assert runner.fake.chats()[-1].outcome == "interrupted"
+
+
+def test_an_interrupted_answer_to_a_non_streaming_request_is_a_500_never_a_partial_200(runner: Runner) -> None:
+    # The engine stops after one token without a finish_reason (llama-cpp-python's interrupted
+    # stream): SDKs would read a 200 with half a message as a success.
+    runner.fake.set_behavior(done_after=1)
+    response = call("POST", f"{runner.url}/llm", json=body(stream_=False))
+    assert response.status_code == 500
+    assert "no finish_reason after 1 token(s)" in response.json()["detail"]["msg"]
+    # A stream gets the token it was sent, then the final chunk saying the generation failed.
+    got = read_stream(stream(f"{runner.url}/llm", body())[1])
+    assert got.text == expected(1) and got.finish_reason == "error" and got.saw_done_marker
 
 
 def test_an_error_event_mid_stream_ends_with_finish_reason_error(runner: Runner) -> None:

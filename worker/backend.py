@@ -7,6 +7,7 @@ only says how to ask (path and body), how to read the answer, and how to get rea
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from abc import ABC, abstractmethod
 from typing import Protocol
@@ -69,6 +70,19 @@ class Backend(ABC):
             first_byte_timeout=settings.first_byte_timeout_s, idle_timeout=settings.idle_timeout_s,
             on_lines=on_lines, on_end=on_end,
         )  # fmt: skip
+
+    async def usage(self, job: GenerateJob, final: Final) -> Final:
+        """The counts the job's Done event carries (called on the loop once the answer is complete).
+
+        A continuation's own prompt holds the text already generated, but the client's usage is
+        the ORIGINAL prompt's tokens plus every completion token it got: so its prompt tokens are
+        the engine's count less `sent_tokens` (the prefix as the first generation counted it; a
+        re-tokenised prefix may differ by a token or two at the seam). Engines that can count the
+        original prompt themselves do better (see the subclasses).
+        """
+        if not job.continue_final or not final.prompt_eval_count:
+            return final
+        return dataclasses.replace(final, prompt_eval_count=max(final.prompt_eval_count - job.sent_tokens, 0))
 
     @abstractmethod
     def wait_ready(self, stop: threading.Event) -> bool:
