@@ -27,9 +27,9 @@ sends them), sharing no HTTP code with the client under test. What it does, and 
 Knobs (`set_behavior`): first_token_delay, tokens_per_s, reply_tokens, status + error (before the
 stream), error_after (vLLM's error event after N tokens), drop_after (connection cut after N tokens),
 stall_after (no token after N tokens), done_after (after N tokens, `[DONE]` with no finish_reason, as
-llama-cpp-python ends an interrupted stream, without waiting for a second request), ping_s (during a stall, sse-starlette's `: ping - <time>`
-comment every so many seconds, as `EventSourceResponse` sends them), interrupt (bool), usage (bool:
-vLLM's usage chunk).
+llama-cpp-python ends an interrupted stream, without waiting for a second request), ping_s (during a
+stall, sse-starlette's `: ping - <time>` comment every so many seconds, as `EventSourceResponse`
+sends them), interrupt (bool), usage (bool: vLLM's usage chunk).
 """
 
 from __future__ import annotations
