@@ -12,7 +12,7 @@ import threading
 from abc import ABC, abstractmethod
 from typing import Protocol
 
-from common.errors import BackendError
+from common.errors import NOT_CONTINUABLE, BackendError
 from common.fleet import ModelFit
 from common.jobs import GenerateJob
 from common.settings import Settings
@@ -98,6 +98,20 @@ class Backend(ABC):
     def note(self) -> str:
         """What the fleet record should tell operators about this engine's VRAM."""
         return ""
+
+
+def refuse_continuation(job: GenerateJob, fit: ModelFit | None) -> BackendError | None:
+    """The error a continuation job ends with on this worker (its model cannot be continued here,
+    or the job lacks the answer to continue), else None: such a job is never run as a new answer."""
+    if not job.continue_final:
+        return None
+    if not job.prefix:
+        msg = f"continuation #{job.attempt} of a {job.model_id} job carries no answer to continue"
+        return BackendError(f"{msg} (its last message must be the assistant's text so far)", reason="bad_continuation")
+    if fit is None or not fit.continuation:
+        why = fit.continuation_note if fit is not None and fit.continuation_note else "not established for it"
+        return BackendError(f"this worker cannot continue an answer of {job.model_id}: {why}", reason=NOT_CONTINUABLE)
+    return None
 
 
 def make_backend(settings: Settings, streams: StreamLoop) -> Backend:
