@@ -16,7 +16,7 @@ from common.errors import NOT_CONTINUABLE, BackendError
 from common.fleet import ModelFit
 from common.jobs import GenerateJob
 from common.settings import Settings
-from worker.engine_stream import ChatStream, EndHandler, LinesHandler
+from worker.engine_stream import ChatStream, EndHandler, LinesHandler, Retry
 from worker.http import EngineHttp, StreamLoop
 from worker.ollama_wire import Final, Parsed
 
@@ -68,8 +68,12 @@ class Backend(ABC):
             self.http, path, body,
             on_error=lambda status, raw: self.error(status, raw, job),
             first_byte_timeout=settings.first_byte_timeout_s, idle_timeout=settings.idle_timeout_s,
-            on_lines=on_lines, on_end=on_end,
+            on_lines=on_lines, on_end=on_end, retry=self.retry(job),
         )  # fmt: skip
+
+    def retry(self, job: GenerateJob) -> Retry | None:
+        """How to ask again after an error answer before the stream (once), if the engine tells how."""
+        return None
 
     async def usage(self, job: GenerateJob, final: Final) -> Final:
         """The counts the job's Done event carries (called on the loop once the answer is complete).
