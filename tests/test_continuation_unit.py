@@ -14,6 +14,19 @@ from tests.fake_ollama_templates import TEMPLATES
 from worker.backend import refuse_continuation
 from worker.ollama_template import continuation
 from worker.ollama_wire import chat_body
+from worker.openai_flavour import (
+    LLAMA_CPP,
+    LLAMA_CPP_PYTHON,
+    OTHER,
+    SGLANG,
+    VLLM,
+    continuation_fields,
+    detect,
+    room_left,
+    verdict,
+)
+from worker.openai_wire import SseParser, completion_body
+from worker.openai_wire import chat_body as openai_chat_body
 
 JOB = GenerateJob(reply_to="ch", model_id="m", tag="llama3.1:8b", messages=[{"role": "user", "content": "hi"}],
                   max_tokens=64, temperature=0.0, top_p=1.0, top_k=-1, stream=True)  # fmt: skip
@@ -84,3 +97,61 @@ def test_a_continuation_is_refused_where_the_model_cannot_continue_or_the_job_ha
     empty = replace(CONTINUATION, messages=JOB.messages)
     bad = refuse_continuation(empty, able)
     assert bad is not None and bad.reason == "bad_continuation"
+
+
+def test_each_openai_engine_is_asked_to_continue_in_its_own_way() -> None:
+    vllm = json.loads(openai_chat_body(CONTINUATION, "served", max_tokens=61, extra=continuation_fields(VLLM)))
+    assert vllm["continue_final_message"] is True and vllm["add_generation_prompt"] is False
+    assert vllm["messages"][-1] == {"role": "assistant", "content": "Hello th"} and vllm["max_tokens"] == 61
+    assert continuation_fields(SGLANG) == continuation_fields(VLLM)
+    # llama-server prefills a trailing assistant message by default; others get no field they may refuse.
+    assert continuation_fields(LLAMA_CPP) == continuation_fields(OTHER) == {}
+    plain = json.loads(openai_chat_body(JOB, "served", max_tokens=64))
+    assert "continue_final_message" not in plain and "add_generation_prompt" not in plain
+    prompt = "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\nHello th"
+    completion = json.loads(completion_body(CONTINUATION, "served", prompt=prompt, stop="<|im_end|>", max_tokens=61))
+    assert completion == {"model": "served", "prompt": prompt, "max_tokens": 61, "temperature": 0.0, "top_p": 1.0,
+                          "stream": True, "stop": ["<|im_end|>"]}  # fmt: skip
+
+
+def test_the_engine_is_told_or_read_from_its_models_list() -> None:
+    assert detect("auto", ["vllm"]) == VLLM and detect("auto", ["me", "me"]) == LLAMA_CPP_PYTHON
+    assert detect("auto", ["llamacpp"]) == LLAMA_CPP and detect("auto", ["sglang"]) == SGLANG
+    assert detect("auto", ["library"]) == OTHER and detect("auto", []) == OTHER
+    assert detect("sglang", ["me"]) == SGLANG
+    assert verdict(VLLM, "whatever")[0] and verdict(LLAMA_CPP, None)[0]
+    assert verdict(LLAMA_CPP_PYTHON, None)[0] is True
+    assert verdict(LLAMA_CPP_PYTHON, "OPENAI_GGUF names no GGUF file") == (
+        False, "llama-cpp-python closes a trailing assistant message; OPENAI_GGUF names no GGUF file")  # fmt: skip
+    assert verdict(OTHER, None)[0] is False
+
+
+@pytest.mark.parametrize(
+    ("message", "room"),
+    [
+        ("This model's maximum context length is 100 tokens. However, you requested 5007 tokens (7 in the messages, "
+         "5000 in the completion). Please reduce the length of the messages or completion.", 93),
+        ("'max_tokens' or 'max_completion_tokens' is too large: 8000. This model's maximum context length is 4096 "
+         "tokens and your request has 2778 input tokens (8000 > 4096 - 2778). None", 1318),
+        ("This model's maximum context length is 4096 tokens. However, you requested 8000 output tokens and your "
+         "prompt contains 2778 input tokens, for a total of 10778 tokens.", 1318),
+        ("Requested token count exceeds the model's maximum context length of 64000 tokens. You requested a total "
+         "of 71897 tokens: 7897 tokens from the input messages and 64000 tokens for the completion.", 56102),
+        ("This model's maximum context length is 100 tokens. However, you requested 169 tokens (105 in the "
+         "messages, 64 in the completion).", 0),
+        ("llama_decode returned -3", None),
+    ],
+)  # fmt: skip
+def test_the_room_an_engines_context_refusal_leaves(message: str, room: int | None) -> None:
+    assert room_left(message) == room
+
+
+def test_a_completion_streams_text_chunks_read_like_chat_deltas() -> None:
+    parser = SseParser()
+    chunk = {"id": "cmpl-1", "object": "text_completion", "choices": [{"text": "e", "index": 0,
+                                                                      "finish_reason": None}]}  # fmt: skip
+    last = {"id": "cmpl-1", "object": "text_completion", "choices": [{"text": "", "index": 0,
+                                                                     "finish_reason": "stop"}]}  # fmt: skip
+    parsed = parser.feed([b"data: " + json.dumps(chunk).encode(), b"data: " + json.dumps(last).encode(),
+                          b"data: [DONE]"])  # fmt: skip
+    assert parsed.texts == ["e"] and parsed.final is not None and parsed.final.finish_reason == "stop"

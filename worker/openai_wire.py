@@ -50,7 +50,7 @@ def completion_body(job: GenerateJob, served: str, *, prompt: str, stop: str, ma
     """A /completions request for a prompt rendered here (a continuation on llama-cpp-python), with
     the job's sampling options; `stop` is the end-of-turn text the chat handler would stop at."""
     body: dict[str, Any] = {"model": served, "prompt": prompt, "max_tokens": max_tokens, "temperature": job.temperature,
-                            "top_p": job.top_p, "stream": True, "stream_options": {"include_usage": True}}  # fmt: skip
+                            "top_p": job.top_p, "stream": True}  # fmt: skip
     if stop:
         body["stop"] = [stop]
     if job.top_k > 0:
