@@ -48,7 +48,7 @@ def run_job(redis: Redis, models: str, job: GenerateJob, timeout: float = 30.0) 
     """Place `job` on its model's queue as the web does, subscribed to its reply channel; wait for its end."""
     channel = keys.reply_channel(f"test-{uuid.uuid4().hex[:8]}")
     job = replace(job, reply_to=channel)
-    rt = Runtime(Settings(models=parse_models(models)), redis)
+    rt = Runtime(Settings(models=parse_models(models, served_as_id=True)), redis)
     outcome = Outcome()
     pubsub = redis.pubsub()
     pubsub.subscribe(channel)
