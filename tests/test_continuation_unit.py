@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
-from common.errors import NOT_CONTINUABLE
-from common.fleet import ModelFit
+from common.errors import NOT_CONTINUABLE, ConfigError
+from common.fleet import READY, ModelFit, WorkerRecord
 from common.jobs import GenerateJob
+from common.settings import Settings
 from tests.fake_ollama_templates import TEMPLATES
 from worker.backend import refuse_continuation
 from worker.ollama_template import continuation
@@ -155,3 +157,28 @@ def test_a_completion_streams_text_chunks_read_like_chat_deltas() -> None:
     parsed = parser.feed([b"data: " + json.dumps(chunk).encode(), b"data: " + json.dumps(last).encode(),
                           b"data: [DONE]"])  # fmt: skip
     assert parsed.texts == ["e"] and parsed.final is not None and parsed.final.finish_reason == "stop"
+
+
+def test_the_engine_and_its_gguf_are_settings_checked_at_start(tmp_path: Path) -> None:
+    gguf = tmp_path / "model.gguf"
+    gguf.write_bytes(b"GGUF")
+    env = {"BACKEND": "openai", "OPENAI_BASE_URL": "http://engine:8000/v1", "MODELS": "m"}
+    settings = Settings.from_env({**env, "OPENAI_ENGINE": "vllm", "OPENAI_GGUF": str(gguf)})
+    assert (settings.openai_engine, settings.openai_gguf) == ("vllm", str(gguf))
+    assert Settings.from_env(env).openai_engine == "auto"
+    with pytest.raises(ConfigError, match="OPENAI_ENGINE: expected one of AUTO, VLLM"):
+        Settings.from_env({**env, "OPENAI_ENGINE": "tgi"})
+    with pytest.raises(ConfigError, match="OPENAI_GGUF: no such file"):
+        Settings.from_env({**env, "OPENAI_GGUF": str(tmp_path / "missing.gguf")})
+
+
+def test_a_continuation_is_routed_only_to_workers_that_can_continue_the_model() -> None:
+    able = WorkerRecord("a", "h", 1, "0", "u", state=READY,
+                        models={"m": ModelFit(tag="t", installed=True, fits=True, continuation=True)})  # fmt: skip
+    unable = replace(able, name="b", models={"m": ModelFit(tag="t", installed=True, fits=True)})
+    assert able.can_continue("m") and not unable.can_continue("m") and unable.serves("m")
+    assert not replace(able, state="stopping").can_continue("m") and not able.can_continue("other")
+    # Older workers' records (no continuation field) still parse, and say no.
+    raw = json.loads(unable.to_json())
+    del raw["models"]["m"]["continuation"], raw["models"]["m"]["continuation_note"]
+    assert WorkerRecord.from_json(json.dumps(raw)).can_continue("m") is False
