@@ -22,8 +22,9 @@ class GenerateJob:
     worker's engine continues, never restarts; `max_tokens` is what is left of the original
     budget (the web subtracts `sent_tokens` itself). The worker publishes only the new text; its
     Done event counts the continuation's own completion tokens and the ORIGINAL prompt's tokens
-    (worker.usage). A worker whose engine cannot continue the model fails it with the reason
-    common.errors.NOT_CONTINUABLE. Same sampling options as the original job.
+    (worker.backend.Backend.usage). A worker whose engine cannot continue the model fails it
+    with the reason common.errors.NOT_CONTINUABLE (WorkerRecord.can_continue tells which can).
+    Same sampling options as the original job.
     """
 
     reply_to: str
