@@ -8,6 +8,17 @@ from __future__ import annotations
 NO_ROOM = "insufficient capacity"
 # The reasons of the refusals that mean "no room right now": never a fault of the orchestrator.
 NO_ROOM_REASONS = frozenset({"queue_full", "queue_timeout", "no_worker", "shutdown", "busy", "admission"})
+# The reasons of a Failed event that say a generation was lost after the engine took it, through
+# no fault of the request: the connection to the engine was reset or closed mid-stream
+# ("truncated"), the stream ended without a finish_reason ("interrupted": llama-cpp-python cut off
+# by a second request, vLLM's "abort"), the engine sent an error mid-stream ("stream_error": a 5xx
+# error event, Ollama's runner dying or restarting), or it went silent ("stalled"). The web may
+# continue such a job on a slot (a continuation job: GenerateJob.continue_final); the tokens sent
+# before the failure were real, and nothing the client was told needs to be taken back.
+CONTINUABLE_REASONS = frozenset({"interrupted", "truncated", "stream_error", "stalled"})
+# The reason of a continuation job refused by a worker whose engine cannot continue the model's
+# answer (its chat template closes the assistant turn): it would restart the answer, so it fails.
+NOT_CONTINUABLE = "not_continuable"
 
 
 def no_room(msg: str) -> str:

@@ -52,6 +52,10 @@ class ModelFit:
     pull: str = ""
     pull_completed: int = 0
     pull_total: int = 0
+    # Whether this worker's engine continues a trailing assistant message for this model (a
+    # continuation job), and why or why not, for operators.
+    continuation: bool = False
+    continuation_note: str = ""
 
 
 @dataclass
@@ -89,6 +93,11 @@ class WorkerRecord:
     def serves(self, model_id: str) -> bool:
         """Whether this worker takes jobs for the model now."""
         return self.state == READY and self.can_serve(model_id)
+
+    def can_continue(self, model_id: str) -> bool:
+        """Whether this worker serves the model now and can run a continuation job for it."""
+        fit = self.models.get(model_id)
+        return self.serves(model_id) and fit is not None and fit.continuation
 
     def will_serve(self, model_id: str) -> bool:
         """Whether this worker serves the model, or is still provisioning and has not ruled it out."""

@@ -14,7 +14,18 @@ QUEUED_TTL_MARGIN_S = 60
 
 @dataclass(frozen=True)
 class GenerateJob:
-    """Everything a worker needs to run one chat generation and report back."""
+    """Everything a worker needs to run one chat generation and report back.
+
+    A continuation job (`continue_final`) carries a generation that was lost after it started
+    (a Failed event whose reason is in common.errors.CONTINUABLE_REASONS): its `messages` end
+    with `{"role": "assistant", "content": <the text the client already got>}`, which the
+    worker's engine continues, never restarts; `max_tokens` is what is left of the original
+    budget (the web subtracts `sent_tokens` itself). The worker publishes only the new text; its
+    Done event counts the continuation's own completion tokens and the ORIGINAL prompt's tokens
+    (worker.backend.Backend.usage). A worker whose engine cannot continue the model fails it
+    with the reason common.errors.NOT_CONTINUABLE (WorkerRecord.can_continue tells which can).
+    Same sampling options as the original job.
+    """
 
     reply_to: str
     model_id: str
@@ -25,6 +36,12 @@ class GenerateJob:
     top_p: float
     top_k: int
     stream: bool
+    # A continuation: the last message is the assistant's answer so far, already sent to the client.
+    continue_final: bool = False
+    # Completion tokens the client already got (the usage of the part being continued).
+    sent_tokens: int = 0
+    # Which continuation of the original job this is (0: the original), for logs.
+    attempt: int = 0
 
     def to_payload(self) -> dict[str, Any]:
         """The plain dict RQ stores (JSON-serialised, readable in rq-dashboard)."""
@@ -36,6 +53,14 @@ class GenerateJob:
         """Rebuild the job from its payload; raises TypeError/KeyError if it is malformed."""
         return cls(**payload)
 
+    @property
+    def prefix(self) -> str:
+        """The answer being continued (the trailing assistant message), or "" for an original job."""
+        if not self.continue_final or not self.messages or self.messages[-1].get("role") != "assistant":
+            return ""
+        return str(self.messages[-1].get("content") or "")
+
     def describe(self) -> str:
         """A short description for RQ's job record that leaves the prompt out."""
-        return f"generate {self.model_id} ({self.tag}) max_tokens={self.max_tokens}"
+        more = f" continuation #{self.attempt} after {self.sent_tokens} tokens" if self.continue_final else ""
+        return f"generate {self.model_id} ({self.tag}) max_tokens={self.max_tokens}{more}"

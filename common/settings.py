@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -13,6 +14,9 @@ from common.models import DEFAULT_MODELS, ModelSpec, parse_models
 from common.version import SEMVER, __version__
 
 KV_TYPES = ("F16", "Q8_0", "Q4_0")
+# What an OpenAI-compatible engine is (OPENAI_ENGINE): it decides how an answer is continued and
+# which extra requests the worker may send it. AUTO reads it from /v1/models (`owned_by`).
+OPENAI_ENGINES = ("AUTO", "VLLM", "SGLANG", "LLAMA.CPP", "LLAMA-CPP-PYTHON", "OTHER")
 # Ollama accepts keep_alive as a number of seconds or as a Go duration string.
 _GO_DURATION = re.compile(r"^-?(\d+(\.\d+)?(ns|us|µs|ms|s|m|h))+$")
 
@@ -28,6 +32,9 @@ class Settings:
     backend: str = "ollama"
     openai_base_url: str | None = None
     openai_api_key: str | None = None
+    openai_engine: str = "auto"
+    # The GGUF file a llama-cpp-python engine serves: its chat template renders continuations.
+    openai_gguf: str | None = None
     auth_token: str | None = None
     metrics_token: str | None = None
     models: tuple[ModelSpec, ...] = field(default_factory=lambda: parse_models(DEFAULT_MODELS))
@@ -109,6 +116,8 @@ class Settings:
             backend=backend,
             openai_base_url=openai_base_url,
             openai_api_key=env.text("OPENAI_API_KEY") or None,
+            openai_engine=env.choice("OPENAI_ENGINE", cls.openai_engine.upper(), OPENAI_ENGINES).lower(),
+            openai_gguf=env.file("OPENAI_GGUF") if backend == "openai" else None,
             auth_token=env.text("AUTH_TOKEN") or None,
             metrics_token=env.text("METRICS_TOKEN") or None,
             models=parse_models(env.text("MODELS") or DEFAULT_MODELS, served_as_id=backend == "openai"),
@@ -217,6 +226,12 @@ class _Env:
         if parts.scheme not in schemes or not (parts.netloc or parts.scheme == "unix"):
             raise ConfigError(f"{name}: expected a {'/'.join(schemes)}:// URL, got {raw!r}")
         return raw
+
+    def file(self, name: str) -> str | None:
+        raw = self.text(name)
+        if raw and not os.path.isfile(raw):
+            raise ConfigError(f"{name}: no such file: {raw!r}")
+        return raw or None
 
     def keep_alive(self, name: str, default: int | str) -> int | str:
         raw = self.text(name)

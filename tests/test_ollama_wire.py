@@ -7,7 +7,7 @@ import json
 import pytest
 
 from common.jobs import GenerateJob
-from worker.ollama_wire import Final, chat_body, error_for_status, load_body, parse_lines, reasoning_only, think_value
+from worker.ollama_wire import Final, chat_body, error_for_status, load_body, parse_lines, think_value
 
 JOB = GenerateJob(
     reply_to="ch", model_id="meta-llama/Meta-Llama-3.1-8B-Instruct", tag="llama3.1:8b",
@@ -62,15 +62,6 @@ def test_reasoning_is_counted_never_relayed_as_content() -> None:
         line({"message": {"role": "assistant", "content": "Yes", "thinking": ""}, "done": False}),
     ])  # fmt: skip
     assert (parsed.texts, parsed.thinking) == (["Yes"], 1)
-
-
-def test_an_answer_empty_because_reasoning_used_the_budget_is_an_error_for_the_client() -> None:
-    cut = Final("length", 10, 64, 0, 0)
-    error = reasoning_only(cut, relayed=0, thinking=64, max_tokens=64)
-    assert error is not None and error.status == 400 and "64 max_tokens on reasoning" in error.msg
-    assert reasoning_only(cut, relayed=3, thinking=61, max_tokens=64) is None
-    assert reasoning_only(Final("stop", 10, 5, 0, 0), relayed=0, thinking=5, max_tokens=64) is None
-    assert reasoning_only(cut, relayed=0, thinking=0, max_tokens=64) is None
 
 
 def test_a_clean_end_without_counts_is_a_stop_counting_what_was_relayed() -> None:

@@ -62,7 +62,7 @@ def runner(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) 
 def reset(runner: Runner) -> None:
     runner.fake.set_behavior(first_token_delay=0.0, tokens_per_s=0.0, reply_tokens=8, status=None, error=None,
                              error_after=None, drop_after=None, stall_after=None, interrupt=True,
-                             usage=False, ping_s=None)  # fmt: skip
+                             usage=False, ping_s=None, done_after=None)  # fmt: skip
 
 
 def body(prompt: str = "hello", *, stream_: bool = True, max_tokens: int = 64) -> dict[str, object]:
@@ -126,6 +126,18 @@ def test_an_interrupted_stream_ends_with_finish_reason_error(runner: Runner) -> 
     assert response.status_code == 200 and got.finish_reason == "error" and got.saw_done_marker
     assert got.text.startswith(expected(3)) and got.usage["completion_tokens"] >= 3
     assert runner.fake.chats()[-1].outcome == "interrupted"
+
+
+def test_an_interrupted_answer_to_a_non_streaming_request_is_a_500_never_a_partial_200(runner: Runner) -> None:
+    # The engine stops after one token without a finish_reason (llama-cpp-python's interrupted
+    # stream): SDKs would read a 200 with half a message as a success.
+    runner.fake.set_behavior(done_after=1)
+    response = call("POST", f"{runner.url}/llm", json=body(stream_=False))
+    assert response.status_code == 500
+    assert "no finish_reason after 1 token(s)" in response.json()["detail"]["msg"]
+    # A stream gets the token it was sent, then the final chunk saying the generation failed.
+    got = read_stream(stream(f"{runner.url}/llm", body())[1])
+    assert got.text == expected(1) and got.finish_reason == "error" and got.saw_done_marker
 
 
 def test_an_error_event_mid_stream_ends_with_finish_reason_error(runner: Runner) -> None:
@@ -196,7 +208,9 @@ def test_the_fleet_says_vram_is_the_engines_business(runner: Runner) -> None:
     assert fleet["models"][MODEL]["capacity"] == 1
 
 
-def test_a_vllm_like_engine_reports_its_own_usage(tmp_path: object, redis_server: RedisServer, redis: Redis) -> None:
+def test_a_vllm_like_engine_reports_its_own_usage_and_is_asked_again_within_its_context(
+    tmp_path: object, redis_server: RedisServer, redis: Redis
+) -> None:
     stack = Stack(str(tmp_path), redis_server.url)
     # Another model id than the module's runner serves, so that its worker takes none of these jobs.
     with FakeOpenAI([OTHER], vllm=True, n_ctx=100) as fake:
@@ -208,15 +222,26 @@ def test_a_vllm_like_engine_reports_its_own_usage(tmp_path: object, redis_server
             response, lines = stream(f"{stack.web_url}/llm", {**body(max_tokens=5000), "model": OTHER})
             assert response.status_code == 200, lines
             got = read_stream(lines)
-            # max_tokens is bounded by the context vLLM reports; the usage is the engine's own.
-            assert fake.chats()[-1].body["max_tokens"] == 100
-            assert got.finish_reason == "length"
+            # vLLM refuses prompt + max_tokens beyond its context with a 400 (which would suspend the
+            # orchestrator); asked again with the room the refusal reports, it answers.
+            first, second = fake.chats()[-2:]
+            assert (first.body["max_tokens"], first.outcome) == (100, "error")
             prompt = PROMPT_TOKENS_PER_MESSAGE
+            assert (second.body["max_tokens"], second.outcome) == (100 - prompt, "done")
+            assert got.finish_reason == "length"
             assert got.usage == {"prompt_tokens": prompt, "completion_tokens": 100 - prompt,
                                  "total_tokens": 100}  # fmt: skip
             with ThreadPoolExecutor(4) as pool:
                 many = list(pool.map(lambda p: stream(f"{stack.web_url}/llm", {**body(p), "model": OTHER})[1], "abcd"))
             assert all(read_stream(lines).finish_reason == "length" for lines in many)
+            # A prompt that alone fills the context is the client's 400, with vLLM's words.
+            long = [{"role": "user", "content": "x"}] * 15
+            refused = call(
+                "POST", f"{stack.web_url}/llm", json={**body(stream_=False), "model": OTHER, "messages": long}
+            )
+            assert (
+                refused.status_code == 400 and "maximum context length is 100 tokens" in refused.json()["detail"]["msg"]
+            )
         finally:
             stack.stop()
 

@@ -21,9 +21,11 @@ import requests
 from redis import Redis
 from rq.job import Job
 
+from common.events import Done
 from ops.supervise import EMBEDDED_MODEL_ID, embedded_engine_command, engine_env, smollm2_gguf
 from tests.client import call, stream
 from tests.conftest import RedisServer
+from tests.continuation_jobs import continuation_of, generate_job, run_job
 from tests.golivepeer import read_stream
 from tests.stack import Process, Stack, free_port
 
@@ -56,7 +58,7 @@ def real(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) ->
     try:
         stack._wait(engine, lambda: requests.get(f"{engine_url}/models", timeout=2).ok, "the engine", 120)
         env = dict(MODELS=EMBEDDED_MODEL_ID, BACKEND="openai", OPENAI_BASE_URL=engine_url, SLOTS=1,
-                   QUEUE_TIMEOUT_S=120)  # fmt: skip
+                   QUEUE_TIMEOUT_S=120, OPENAI_GGUF=gguf)  # fmt: skip
         stack.start_web(**env)
         stack.start_worker(**env)
         yield Real(stack, engine, engine_url, stack.web_url)
@@ -145,3 +147,31 @@ def test_two_requests_on_one_slot_queue_rather_than_interrupt(real: Real) -> Non
                   key=lambda j: j.started_at or datetime.max)  # fmt: skip
     assert jobs[0].ended_at is not None and jobs[1].started_at is not None
     assert jobs[1].started_at >= jobs[0].ended_at, "the worker began the second job before the first had ended"
+
+
+def test_a_continuation_job_goes_on_from_a_cut_greedy_answer(real: Real) -> None:
+    # A generation lost after k tokens, continued on this engine (its prompt rendered with SmolLM2's
+    # chat template, sent to /v1/completions): the text goes on from the cut, never starts over,
+    # and the usage is the original prompt's. Whether prefix + continuation equals the
+    # uninterrupted greedy answer exactly depends on the re-tokenised seam: measured, not asserted.
+    max_tokens = 48
+    engine = direct(real, max_tokens)
+    whole: str = engine["choices"][0]["message"]["content"]  # type: ignore[index]
+    original = generate_job(EMBEDDED_MODEL_ID, EMBEDDED_MODEL_ID, str(PROMPT[0]["content"]), max_tokens=max_tokens)
+    length: int = engine["usage"]["completion_tokens"]  # type: ignore[index]
+    cuts = [cut for cut in (1, 3, 8, 16, 24, 40) if cut < length]
+    matches = []
+    for cut in cuts:
+        # What the client had after `cut` tokens: the greedy answer stopped there (token-exact).
+        prefix: str = direct(real, cut)["choices"][0]["message"]["content"]  # type: ignore[index]
+        assert whole.startswith(prefix)
+        got = run_job(real.stack.redis, EMBEDDED_MODEL_ID, continuation_of(original, prefix, cut), timeout=120)
+        assert isinstance(got.end, Done), got
+        assert got.text and not got.text.lstrip().startswith(whole.lstrip()[:15])  # not a new answer
+        assert 1 <= got.end.completion_tokens <= max_tokens - cut
+        assert got.end.prompt_tokens == engine["usage"]["prompt_tokens"]  # type: ignore[index]
+        matches.append(prefix + got.text == whole)
+    print(
+        f"continuation matched the uninterrupted greedy answer exactly at {sum(matches)} of {len(matches)} cut "
+        f"points ({cuts} of a {length}-token answer): {matches}"
+    )

@@ -7,15 +7,16 @@ only says how to ask (path and body), how to read the answer, and how to get rea
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from abc import ABC, abstractmethod
 from typing import Protocol
 
-from common.errors import BackendError
+from common.errors import NOT_CONTINUABLE, BackendError
 from common.fleet import ModelFit
 from common.jobs import GenerateJob
 from common.settings import Settings
-from worker.engine_stream import ChatStream, EndHandler, LinesHandler
+from worker.engine_stream import ChatStream, EndHandler, LinesHandler, Retry
 from worker.http import EngineHttp, StreamLoop
 from worker.ollama_wire import Final, Parsed
 
@@ -67,8 +68,25 @@ class Backend(ABC):
             self.http, path, body,
             on_error=lambda status, raw: self.error(status, raw, job),
             first_byte_timeout=settings.first_byte_timeout_s, idle_timeout=settings.idle_timeout_s,
-            on_lines=on_lines, on_end=on_end,
+            on_lines=on_lines, on_end=on_end, retry=self.retry(job),
         )  # fmt: skip
+
+    def retry(self, job: GenerateJob) -> Retry | None:
+        """How to ask again after an error answer before the stream (once), if the engine tells how."""
+        return None
+
+    async def usage(self, job: GenerateJob, final: Final) -> Final:
+        """The counts the job's Done event carries (called on the loop once the answer is complete).
+
+        A continuation's own prompt holds the text already generated, but the client's usage is
+        the ORIGINAL prompt's tokens plus every completion token it got: so its prompt tokens are
+        the engine's count less `sent_tokens` (the prefix as the first generation counted it; a
+        re-tokenised prefix may differ by a token or two at the seam). Engines that can count the
+        original prompt themselves do better (see the subclasses).
+        """
+        if not job.continue_final or not final.prompt_eval_count:
+            return final
+        return dataclasses.replace(final, prompt_eval_count=max(final.prompt_eval_count - job.sent_tokens, 0))
 
     @abstractmethod
     def wait_ready(self, stop: threading.Event) -> bool:
@@ -84,6 +102,20 @@ class Backend(ABC):
     def note(self) -> str:
         """What the fleet record should tell operators about this engine's VRAM."""
         return ""
+
+
+def refuse_continuation(job: GenerateJob, fit: ModelFit | None) -> BackendError | None:
+    """The error a continuation job ends with on this worker (its model cannot be continued here,
+    or the job lacks the answer to continue), else None: such a job is never run as a new answer."""
+    if not job.continue_final:
+        return None
+    if not job.prefix:
+        msg = f"continuation #{job.attempt} of a {job.model_id} job carries no answer to continue"
+        return BackendError(f"{msg} (its last message must be the assistant's text so far)", reason="bad_continuation")
+    if fit is None or not fit.continuation:
+        why = fit.continuation_note if fit is not None and fit.continuation_note else "not established for it"
+        return BackendError(f"this worker cannot continue an answer of {job.model_id}: {why}", reason=NOT_CONTINUABLE)
+    return None
 
 
 def make_backend(settings: Settings, streams: StreamLoop) -> Backend:

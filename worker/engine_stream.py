@@ -21,6 +21,8 @@ from worker.http import MAX_ERROR_BODY, EngineHttp, ErrorMap, describe
 LinesHandler = Callable[[list[bytes]], bool]
 # Called when the answer ended (clean EOF) before a line completed it: returns or raises BackendError.
 EndHandler = Callable[[], None]
+# Given an error answer (status, body) before the stream, the body to send instead, or None.
+Retry = Callable[[int, bytes], bytes | None]
 
 _JSON = {"Content-Type": "application/json"}
 # The idle deadline moves at most this often (so it fires up to this much late).
@@ -43,6 +45,7 @@ class ChatStream:
         idle_timeout: float,
         on_lines: LinesHandler,
         on_end: EndHandler,
+        retry: Retry | None = None,
     ) -> None:
         self.http = http
         self.url = http.base_url + path
@@ -52,6 +55,7 @@ class ChatStream:
         self.idle_timeout = idle_timeout
         self.on_lines = on_lines
         self.on_end = on_end
+        self.retry = retry  # asked once
         self.cancelled = False
         self._task: asyncio.Task[object] | None = None
 
@@ -76,9 +80,20 @@ class ChatStream:
         self._task = asyncio.current_task()
         # The job's Started event goes out while the request connects and is written.
         loop.call_soon(on_sent)
-        await self._relay(loop)
+        while not await self._relay(loop):
+            pass
 
-    async def _relay(self, loop: asyncio.AbstractEventLoop) -> None:
+    def _asked_again(self, status: int, body: bytes) -> bool:
+        """Whether the request is sent again with the body `retry` gives for this error answer."""
+        retry, self.retry = self.retry, None
+        again = retry(status, body) if retry is not None else None
+        if again is None:
+            return False
+        self.body = again
+        return True
+
+    async def _relay(self, loop: asyncio.AbstractEventLoop) -> bool:
+        """One request and its answer; False when it is to be sent again (after `retry`)."""
         response: aiohttp.ClientResponse | None = None
         complete = False
         first = True
@@ -91,7 +106,10 @@ class ChatStream:
                 except (aiohttp.ClientError, OSError) as exc:
                     raise self.http.unreachable(exc) from None
                 if response.status != 200:
-                    raise self.on_error(response.status, await _error_body(response))
+                    error_body = await _error_body(response)
+                    if self._asked_again(response.status, error_body):
+                        return False
+                    raise self.on_error(response.status, error_body)
                 content, tail = response.content, b""
                 rescheduled = 0.0
                 while data := await content.readany():
@@ -105,11 +123,12 @@ class ChatStream:
                         rescheduled = now
                     if lines and self.on_lines(lines):
                         complete = True
-                        return
+                        return True
                 if tail.strip() and self.on_lines([tail]):
                     complete = True
-                    return
+                    return True
                 self.on_end()
+                return True
         except TimeoutError:
             raise self._timed_out(first) from None
         except asyncio.CancelledError:

@@ -119,11 +119,12 @@ class EngineHttp:
         return BackendError(f"{self.engine} at {self.base_url} is unreachable: {describe(exc)}", reason="unreachable")
 
     async def call(self, method: str, path: str, on_error: ErrorMap, *, json_body: Any = None, timeout: float) -> Any:
-        """One request with an optional JSON body; the decoded JSON answer, or BackendError."""
+        """One request with an optional JSON body (`path` under the base URL, or a whole URL); the
+        decoded JSON answer, or BackendError."""
         try:
             async with self.session().request(
                 method,
-                self.base_url + path,
+                path if "://" in path else self.base_url + path,
                 json=json_body,
                 proxy=self.proxy,
                 timeout=aiohttp.ClientTimeout(total=timeout),

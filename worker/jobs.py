@@ -14,14 +14,13 @@ from typing import Any
 from rq import get_current_job
 from rq.job import Job
 
-from common.errors import BackendError, JobCancelled, QueueUnavailable
+from common.errors import CONTINUABLE_REASONS, BackendError, JobCancelled, QueueUnavailable
 from common.events import Done, Failed, Started, encode, encode_tokens
 from common.jobs import GenerateJob
 from worker import context
 from worker.active import Handle
 from worker.backend import AnswerParser
-from worker.ollama_wire import Final, reasoning_only
-from worker.openai_wire import Interrupted
+from worker.ollama_wire import Final
 
 logger = logging.getLogger(__name__)
 
@@ -162,14 +161,21 @@ async def _relay(job_id: str, spec: GenerateJob, handle: Handle, announced: thre
 async def _follow(
     job_id: str, spec: GenerateJob, handle: Handle, publish: Callable[[bytes], None], on_sent: Callable[[], None]
 ) -> dict[str, Any]:
-    """Stream the job's answer from the engine, publishing its events; its summary for RQ."""
+    """Stream the job's answer from the engine, publishing its events; its summary for RQ.
+
+    A generation lost after it started ends with a Failed event whose reason is one of
+    CONTINUABLE_REASONS (never a Done: a non-streaming client would read half an answer as a
+    success); the web decides whether to continue it elsewhere.
+    """
     ctx = context.current()
     began = time.monotonic()
     relay = _Relay(job_id, publish, ctx.backend.parser())
-    stream = ctx.backend.stream(spec, on_lines=relay.on_lines, on_end=relay.on_end)
-    handle.attach(stream)
     try:
+        stream = ctx.backend.stream(spec, on_lines=relay.on_lines, on_end=relay.on_end)
+        handle.attach(stream)
         await stream.run(on_sent=on_sent)
+        # No `done` line after a clean end: Ollama stopped a repetition loop; a normal finish.
+        final = await ctx.backend.usage(spec, relay.final or Final.clean_end(relay.relayed))
     except QueueUnavailable:
         raise  # the client cannot be told anything; the web ends its request on silence
     except (BackendError, JobCancelled) as exc:
@@ -180,18 +186,16 @@ async def _follow(
                 publish(encode(job_id, Failed(f"the job was {handle.cancel_reason}", 500, "cancelled")))
             raise JobCancelled(handle.cancel_reason) from None
         assert isinstance(exc, BackendError)
-        if isinstance(exc, Interrupted):
-            # A cut-off generation ends like one that ran out of room: the client gets what was
-            # generated and a final chunk with finish_reason "error" (never an error-only chunk).
-            publish(encode(job_id, Done("error", 0, relay.relayed)))
-        else:
-            publish(encode(job_id, Failed(exc.msg, exc.status, exc.reason)))
+        if exc.reason in CONTINUABLE_REASONS:
+            logger.warning("job %s: generation lost after %d token(s) (%s): %s", job_id, relay.relayed, exc.reason,
+                           exc.msg)  # fmt: skip
+        publish(encode(job_id, Failed(exc.msg, exc.status, exc.reason)))
         raise
-    # No `done` line after a clean end: Ollama stopped a repetition loop; a normal finish.
-    final = relay.final or Final.clean_end(relay.relayed)
-    if (empty := reasoning_only(final, relay.relayed, relay.thinking, spec.max_tokens)) is not None:
-        publish(encode(job_id, Failed(empty.msg, empty.status, empty.reason)))
-        raise empty
+    if not relay.relayed and relay.thinking and final.finish_reason == "length":
+        # As OpenAI's reasoning models answer: a 200 with no content, finish_reason "length", the
+        # reasoning counted in the usage (a non-200 would cost the orchestrator its place).
+        logger.info("job %s: the model spent all %d max_tokens reasoning; the answer is empty", job_id,
+                    spec.max_tokens)  # fmt: skip
     publish(
         encode(
             job_id,
@@ -210,6 +214,7 @@ async def _follow(
         "prompt_tokens": final.prompt_eval_count,
         "completion_tokens": final.eval_count,
         "relayed_tokens": relay.relayed,
+        "continuation": spec.attempt if spec.continue_final else 0,
         "ttft_ms": round((relay.first_token_at - began) * 1000, 1) if relay.first_token_at else None,
         "duration_ms": round((ended - began) * 1000, 1),
     }

@@ -9,7 +9,7 @@ from common.errors import BackendError
 from common.fleet import ModelFit
 from common.jobs import GenerateJob
 from common.settings import Settings
-from worker.backend import AnswerParser, Backend
+from worker.backend import AnswerParser, Backend, refuse_continuation
 from worker.http import EngineHttp, StreamLoop
 from worker.ollama_admin import OllamaAdmin, normalize_tag
 from worker.ollama_wire import OllamaParser, chat_body, error_for_status, think_value
@@ -32,8 +32,15 @@ class OllamaBackend(Backend):
         self._offloaded_warned: set[str] = set()
 
     def request(self, job: GenerateJob) -> tuple[str, bytes]:
-        """POST /api/chat with the job's options, the model's constant num_ctx and its thinking setting."""
+        """POST /api/chat with the job's options, the model's constant num_ctx and its thinking setting.
+
+        A continuation job goes as it is (its last message the answer so far): Ollama continues it
+        where the model's template leaves the last assistant turn open (worker.ollama_template),
+        which the model's verdict says; elsewhere it is refused (BackendError, not_continuable).
+        """
         fit = self.fits.get(job.model_id)
+        if (refused := refuse_continuation(job, fit)) is not None:
+            raise refused
         num_ctx = fit.num_ctx if fit is not None and fit.num_ctx else self.settings.num_ctx
         think = think_value(fit.family if fit is not None else "")
         body = chat_body(job, num_ctx=num_ctx, keep_alive=self.settings.keep_alive, think=think)

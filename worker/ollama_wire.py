@@ -136,18 +136,6 @@ def parse_lines(lines: list[bytes]) -> Parsed:
     return parsed
 
 
-def reasoning_only(final: Final, relayed: int, thinking: int, max_tokens: int) -> BackendError | None:
-    """The error for an answer that is empty because reasoning used the whole budget, else None."""
-    if relayed or not thinking or final.finish_reason != "length":
-        return None
-    return BackendError(
-        f"the model spent all of its {max_tokens} max_tokens on reasoning and gave no answer; "
-        "ask again with a larger max_tokens",
-        reason="reasoning_budget",
-        status=400,
-    )
-
-
 def _detail(body: bytes) -> str:
     try:
         return str(json.loads(body).get("error") or "").strip()

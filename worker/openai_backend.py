@@ -9,6 +9,8 @@ because llama-cpp-python's server interrupts its running stream on **any** reque
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import threading
 
@@ -16,13 +18,28 @@ from common.errors import BackendError
 from common.fleet import ModelFit
 from common.jobs import GenerateJob
 from common.settings import Settings
-from worker.backend import AnswerParser, Backend
+from worker import chat_template, openai_flavour
+from worker.backend import AnswerParser, Backend, refuse_continuation
+from worker.chat_template import ChatTemplate
+from worker.engine_stream import Retry
 from worker.http import EngineHttp, StreamLoop
-from worker.openai_wire import ServedModel, SseParser, chat_body, error_for_status, served_models
+from worker.ollama_wire import Final
+from worker.openai_flavour import LLAMA_CPP_PYTHON, VLLM
+from worker.openai_wire import (
+    ServedModel,
+    SseParser,
+    chat_body,
+    completion_body,
+    error_for_status,
+    error_message,
+    served_models,
+)
 
 logger = logging.getLogger(__name__)
 
 MODELS_TIMEOUT_S = 10.0
+# Counting a prompt's tokens for a continuation's usage: short, and the usage falls back if it fails.
+COUNT_TIMEOUT_S = 5.0
 VRAM_NOTE = (
     "VRAM fit is the engine's business: an OpenAI-compatible engine sizes and holds its own models, "
     "so this worker neither estimates nor checks their memory"
@@ -41,6 +58,15 @@ class OpenAIBackend(Backend):
                           connect_timeout=settings.connect_timeout_s)  # fmt: skip
         super().__init__(settings, http)
         self.served: dict[str, ServedModel] = {}
+        self.fits: dict[str, ModelFit] = {}
+        self.flavour = settings.openai_engine
+        # llama-cpp-python: the model's chat template, which continuations are rendered with.
+        self.template: ChatTemplate | None = None
+        self.template_note = "OPENAI_GGUF names no GGUF file to read its chat template from"
+        root = self.url.removesuffix("/v1")
+        # vLLM's tokenizer (vllm/entrypoints/openai/api_server.py: POST /tokenize at the root);
+        # llama-cpp-python's (llama_cpp/server/app.py: POST /extras/tokenize/count).
+        self.count_url = {VLLM: f"{root}/tokenize", LLAMA_CPP_PYTHON: f"{root}/extras/tokenize/count"}
 
     def _served_name(self, job: GenerateJob) -> str:
         # This worker's own MODELS names the engine's model; the job's tag is the web's view of it.
@@ -48,13 +74,44 @@ class OpenAIBackend(Backend):
         return spec.tag if spec is not None else job.tag
 
     def request(self, job: GenerateJob) -> tuple[str, bytes]:
-        """POST /chat/completions; max_tokens bounded by the model's context when the engine tells it."""
-        served = self._served_name(job)
-        known = self.served.get(served)
+        """POST /chat/completions; max_tokens bounded by the model's context when the engine tells it.
+
+        A continuation job is asked as the engine continues a trailing assistant message
+        (worker.openai_flavour), or refused (BackendError, not_continuable) where it cannot.
+        """
+        if (refused := refuse_continuation(job, self.fits.get(job.model_id))) is not None:
+            raise refused
+        known = self.served.get(self._served_name(job))
         max_tokens = job.max_tokens
         if known is not None and known.max_model_len is not None:
             max_tokens = min(max_tokens, known.max_model_len)
-        return "/chat/completions", chat_body(job, served, max_tokens=max_tokens)
+        return self._ask(job, max_tokens)
+
+    def _ask(self, job: GenerateJob, max_tokens: int) -> tuple[str, bytes]:
+        served = self._served_name(job)
+        if job.continue_final and self.flavour == LLAMA_CPP_PYTHON and self.template is not None:
+            prompt = self.template.continuation_prompt(job.messages)
+            return "/completions", completion_body(job, served, prompt=prompt, stop=self.template.stop,
+                                                   max_tokens=max_tokens)  # fmt: skip
+        extra = openai_flavour.continuation_fields(self.flavour) if job.continue_final else None
+        return "/chat/completions", chat_body(job, served, max_tokens=max_tokens, extra=extra)
+
+    def retry(self, job: GenerateJob) -> Retry | None:
+        """On the engine's refusal of prompt + max_tokens beyond the context (vLLM, SGLang), once
+        more with max_tokens at the room it reports: go-livepeer would suspend us for the 400."""
+
+        def again(status: int, raw: bytes) -> bytes | None:
+            try:
+                room = openai_flavour.room_left(error_message(json.loads(raw))) if status == 400 else None
+            except ValueError:
+                room = None
+            if not room:  # not that refusal, or the prompt alone fills the context: the client's 400
+                return None
+            logger.info("job for %s: the engine's context leaves room for %d tokens; asking for that many",
+                        job.model_id, room)  # fmt: skip
+            return self._ask(job, min(room, job.max_tokens))[1]
+
+        return again
 
     def parser(self) -> AnswerParser:
         """SSE chunks up to `[DONE]`."""
@@ -76,7 +133,11 @@ class OpenAIBackend(Backend):
         while not stop.is_set():
             try:
                 self.served = self._models()
-                logger.info("engine at %s serves: %s", self.url, ", ".join(self.served) or "nothing")
+                self.flavour = openai_flavour.detect(self.settings.openai_engine,
+                                                     [m.owned_by for m in self.served.values()])  # fmt: skip
+                logger.info("engine at %s (%s) serves: %s", self.url, self.flavour, ", ".join(self.served) or "nothing")
+                if self.flavour == LLAMA_CPP_PYTHON and self.settings.openai_gguf:
+                    self.template, self.template_note = chat_template.load(self.settings.openai_gguf)
                 return True
             except BackendError as exc:
                 if not warned:
@@ -88,9 +149,12 @@ class OpenAIBackend(Backend):
 
     def assess(self, budget: int | None, stop: threading.Event, fits: dict[str, ModelFit]) -> None:
         """A model is served when its served name is listed by /v1/models; memory is the engine's."""
+        self.fits = fits
+        template_note = None if self.template is not None else self.template_note
         for spec in self.settings.models:
             listed = spec.tag in self.served
             fit = ModelFit(tag=spec.tag, installed=listed, fits=True, loaded=listed)
+            fit.continuation, fit.continuation_note = openai_flavour.verdict(self.flavour, template_note)
             if not listed:
                 fit.note = (f"{spec.tag!r} is not served by the engine at {self.url} (its /v1/models lists "
                             f"{', '.join(self.served) or 'nothing'}); fix MODELS as model_id=served_name")  # fmt: skip
@@ -102,3 +166,29 @@ class OpenAIBackend(Backend):
     def note(self) -> str:
         """The fleet record's word on VRAM."""
         return VRAM_NOTE
+
+    async def usage(self, job: GenerateJob, final: Final) -> Final:
+        """A continuation's prompt tokens: the original prompt's, counted by the engine's own
+        tokenizer where it has one (vLLM: `/tokenize` with the messages before the answer;
+        llama-cpp-python: the original prompt rendered here, counted at `/extras/tokenize/count`,
+        after the stream ended so that no request cuts it off), else the base approximation."""
+        url = self.count_url.get(self.flavour)
+        if not job.continue_final or url is None or (self.flavour == LLAMA_CPP_PYTHON and self.template is None):
+            return await super().usage(job, final)
+        served, before = self._served_name(job), job.messages[:-1]
+        if self.flavour == VLLM:
+            body: dict[str, object] = {"model": served, "messages": before, "add_generation_prompt": True}
+        else:
+            assert self.template is not None
+            body = {"model": served, "input": self.template.original_prompt(job.messages)}
+        try:
+            answer = await self.http.call("POST", url, lambda status, raw: error_for_status(status, raw, served=served,
+                                          url=self.url), json_body=body, timeout=COUNT_TIMEOUT_S)  # fmt: skip
+            count = answer.get("count") if isinstance(answer, dict) else None
+        except BackendError as exc:
+            logger.warning("job for %s: the engine did not count the prompt (%s); usage approximated", job.model_id,
+                           exc.msg)  # fmt: skip
+            count = None
+        if not isinstance(count, int) or count < 0:
+            return await super().usage(job, final)
+        return dataclasses.replace(final, prompt_eval_count=count)

@@ -27,8 +27,9 @@ class Interrupted(BackendError):
         super().__init__(msg, reason="interrupted")
 
 
-def chat_body(job: GenerateJob, served: str, *, max_tokens: int) -> bytes:
-    """The /chat/completions request: always streamed, with the usage asked for at the end."""
+def chat_body(job: GenerateJob, served: str, *, max_tokens: int, extra: dict[str, Any] | None = None) -> bytes:
+    """The /chat/completions request: always streamed, with the usage asked for at the end; `extra`
+    fields only for the engines that take them (a continuation's, worker.openai_flavour)."""
     body: dict[str, Any] = {
         "model": served,
         "messages": job.messages,
@@ -39,6 +40,20 @@ def chat_body(job: GenerateJob, served: str, *, max_tokens: int) -> bytes:
         "stream_options": {"include_usage": True},
     }
     if job.top_k > 0:  # not OpenAI's, but vLLM, SGLang and llama.cpp's servers take it
+        body["top_k"] = job.top_k
+    if extra:
+        body.update(extra)
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def completion_body(job: GenerateJob, served: str, *, prompt: str, stop: str, max_tokens: int) -> bytes:
+    """A /completions request for a prompt rendered here (a continuation on llama-cpp-python), with
+    the job's sampling options; `stop` is the end-of-turn text the chat handler would stop at."""
+    body: dict[str, Any] = {"model": served, "prompt": prompt, "max_tokens": max_tokens, "temperature": job.temperature,
+                            "top_p": job.top_p, "stream": True}  # fmt: skip
+    if stop:
+        body["stop"] = [stop]
+    if job.top_k > 0:
         body["top_k"] = job.top_k
     return json.dumps(body, separators=(",", ":")).encode()
 
@@ -94,7 +109,8 @@ class SseParser:
             if not isinstance(choice, dict) or choice.get("index", 0) != 0:
                 continue
             delta = choice.get("delta")
-            content = delta.get("content") if isinstance(delta, dict) else None
+            # A chat chunk's delta, or a completion chunk's `text` (llama-cpp-python's /v1/completions).
+            content = delta.get("content") if isinstance(delta, dict) else choice.get("text")
             if isinstance(content, str) and content:
                 texts.append(content)
                 self.relayed += 1
@@ -168,10 +184,11 @@ def error_for_status(status: int, body: bytes, *, served: str, url: str) -> Back
 
 @dataclass(frozen=True)
 class ServedModel:
-    """One entry of the engine's /v1/models: its name, and its context length when it says (vLLM)."""
+    """One entry of the engine's /v1/models: its name, its context length when it says (vLLM), its owner."""
 
     name: str
     max_model_len: int | None
+    owned_by: str = ""
 
 
 def served_models(answer: Any) -> dict[str, ServedModel]:
@@ -181,5 +198,8 @@ def served_models(answer: Any) -> dict[str, ServedModel]:
     for entry in data if isinstance(data, list) else []:
         if isinstance(entry, dict) and isinstance(entry.get("id"), str):
             length = entry.get("max_model_len")
-            out[entry["id"]] = ServedModel(entry["id"], length if isinstance(length, int) and length > 0 else None)
+            owner = str(entry.get("owned_by") or "")
+            out[entry["id"]] = ServedModel(
+                entry["id"], length if isinstance(length, int) and length > 0 else None, owner
+            )
     return out

@@ -13,6 +13,7 @@ from common.models import ModelSpec
 from common.settings import Settings
 from common.vram import COMPUTE_OVERHEAD_BYTES, GIB, effective_num_ctx, estimate_bytes, kv_cache_bytes
 from worker.ollama_admin import OllamaAdmin, normalize_tag
+from worker.ollama_template import continuation
 
 logger = logging.getLogger(__name__)
 
@@ -132,6 +133,7 @@ def _assess(
     details = shown.get("details") if isinstance(shown.get("details"), dict) else {}
     assert isinstance(info, dict) and isinstance(details, dict)
     fit.family = str(details.get("family") or info.get("general.architecture") or "")
+    fit.continuation, fit.continuation_note = continuation(shown)
     fit.slots = 1 if fit.family in SINGLE_SEQUENCE_FAMILIES else settings.slots
     if fit.slots < settings.slots:
         logger.warning("model %s (%s): Ollama runs %s models one request at a time; serving it with 1 slot",
