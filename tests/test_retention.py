@@ -93,7 +93,7 @@ def test_the_sweep_blanks_ended_jobs_after_the_retention_only(redis: Redis) -> N
         place(redis, job_id)
     started = time.time() - 100
     with redis.pipeline() as pipe:
-        retention.on_start([Job.fetch(i, connection=redis, serializer=JSONSerializer) for i in ids], pipe)
+        retention.on_start([Job.fetch(i, connection=redis, serializer=JSONSerializer) for i in ids], pipe, started)
         pipe.execute()
     redis.zadd(keys.prompt_retention(), dict.fromkeys(ids, started))
     end(redis, "finished", JobStatus.FINISHED, started + 10)
@@ -104,7 +104,7 @@ def test_the_sweep_blanks_ended_jobs_after_the_retention_only(redis: Redis) -> N
     redis.expire(Job.key_for("finished"), 500)
     redis.delete(Job.key_for("gone"))
 
-    assert retention.sweep(redis) == 3
+    assert retention.sweep(redis, time.time()) == 3
     for job_id in ("finished", "failed", "canceled"):
         assert contents(redis, job_id) == ["", "", "", ""]
         job = Job.fetch(job_id, connection=redis, serializer=JSONSerializer)

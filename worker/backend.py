@@ -16,7 +16,7 @@ from common.fleet import ModelFit
 from common.jobs import GenerateJob
 from common.settings import Settings
 from worker.engine_stream import ChatStream, EndHandler, LinesHandler
-from worker.http import EngineHttp, StreamLoop
+from worker.http import EngineHttp
 from worker.ollama_wire import Final, Parsed
 
 
@@ -84,14 +84,3 @@ class Backend(ABC):
     def note(self) -> str:
         """What the fleet record should tell operators about this engine's VRAM."""
         return ""
-
-
-def make_backend(settings: Settings, streams: StreamLoop) -> Backend:
-    """The backend BACKEND names, on this process's loop."""
-    if settings.backend == "openai":
-        from worker.openai_backend import OpenAIBackend
-
-        return OpenAIBackend(settings, streams)
-    from worker.ollama_backend import OllamaBackend
-
-    return OllamaBackend(settings, streams)
