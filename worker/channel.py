@@ -12,7 +12,9 @@ one loop owns the subscription and survives anything:
   `command-channel` (common.guard), backed off, and the subscription is made anew;
 - a connection that hears nothing is found out: a PING on it every PROBE_S must come back
   within PROBE_TIMEOUT_S, or it is treated as broken.
-`healthy` (subscribed and answering) is what the fleet record and /metrics show.
+`healthy` (subscribed, and the loop heard from its connection within STALE_S: the Redis client
+may spend several socket timeouts reconnecting inside one read) is what the fleet record and
+/metrics show.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ HELPER = "command-channel"
 PROBE_S = 2.0
 PROBE_TIMEOUT_S = 3.0
 READ_S = 0.25
+STALE_S = PROBE_S + PROBE_TIMEOUT_S
 BACKOFF_S = (0.2, 5.0)
 _PROBE = "command-channel-probe"
 
@@ -51,13 +54,14 @@ class CommandChannel:
         self.redis = redis
         self.handlers = handlers
         self._healthy = False
+        self._alive_at = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=HELPER, daemon=True)
 
     @property
     def healthy(self) -> bool:
-        """Subscribed to every channel, and the connection answered its last probe."""
-        return self._healthy
+        """Subscribed to every channel, and its connection answered lately."""
+        return self._healthy and time.monotonic() - self._alive_at < STALE_S
 
     def start(self) -> None:
         """Start listening in the background."""
@@ -93,7 +97,7 @@ class CommandChannel:
             probe_due, probe_sent = time.monotonic() + PROBE_S, 0.0
             while not self._stop.is_set():
                 message = pubsub.get_message(timeout=READ_S)
-                now = time.monotonic()
+                now = self._alive_at = time.monotonic()
                 if message is not None:
                     kind = message["type"]
                     if kind == "subscribe":
