@@ -26,7 +26,7 @@ class _Link:
     server: socket.socket
     sent: bytearray = field(default_factory=bytearray)  # what the client sent (first 64 kB)
     lock: threading.Lock = field(default_factory=threading.Lock)
-    drop_next_reply: bool = False
+    awaiting: _Fault | None = None  # a drop-reply fault whose command went to Redis on this link
     stalled: bool = False
 
     def close(self) -> None:
@@ -51,9 +51,10 @@ class RedisProxy:
         self._lock = threading.Lock()
         threading.Thread(target=self._accept, daemon=True).start()
 
-    def drop_reply(self, marker: bytes, times: int = 1) -> _Fault:
-        """The next `times` commands that carry `marker` run in Redis; their connections close before the answer."""
-        fault = _Fault(marker, times, "drop")
+    def drop_reply(self, marker: bytes, *, reply: bytes = b"", times: int = 1) -> _Fault:
+        """The next `times` commands that carry `marker` (and whose answer carries `reply`) run in
+        Redis; their connections close before the answer reaches the client."""
+        fault = _Fault(marker, times, "drop", reply)
         with self._lock:
             self._faults.append(fault)
         return fault
@@ -131,9 +132,22 @@ class RedisProxy:
         with self._lock:
             for fault in self._faults:
                 if fault.left > 0 and fault.marker in data:
-                    fault.left -= 1
+                    if fault.kind == "stall":
+                        fault.left -= 1
                     return fault
         return None
+
+    def _drops(self, link: _Link, reply: bytes) -> bool:
+        """Whether this answer is the one a drop-reply fault waits for (then it is used up)."""
+        fault, link.awaiting = link.awaiting, None
+        if fault is None or fault.reply not in reply:
+            return False
+        with self._lock:
+            if fault.left <= 0:
+                return False
+            fault.left -= 1
+        fault.hit.set()
+        return True
 
     def _upstream(self, link: _Link) -> None:
         try:
@@ -149,11 +163,8 @@ class RedisProxy:
                     link.stalled = True
                     fault.hit.set()
                     continue  # nothing more goes either way; the client waits
-                if fault is not None:
-                    link.drop_next_reply = True
+                link.awaiting = fault
                 link.server.sendall(data)
-                if fault is not None:
-                    fault.hit.set()
         except OSError:
             pass
         if not link.stalled:
@@ -162,7 +173,7 @@ class RedisProxy:
     def _downstream(self, link: _Link) -> None:
         try:
             while data := link.server.recv(65536):
-                if link.drop_next_reply:
+                if link.awaiting is not None and self._drops(link, data):
                     break  # Redis ran the command; its answer never reaches the client
                 if link.stalled:
                     continue
@@ -180,6 +191,7 @@ class _Fault:
     marker: bytes
     left: int
     kind: str
+    reply: bytes = b""
     hit: threading.Event = field(default_factory=threading.Event)
 
 
