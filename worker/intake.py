@@ -49,7 +49,7 @@ def runnable(worker: records.Recorder, taken: Taken, max_age_s: float | None) ->
         elif job is not None:
             logger.info("job %s: taken while %s; not run", job_id, job.get_status(refresh=False))
         redis.lrem(intermediate, 1, job_id)
-    admitted = jobguard.admit(jobs, redis)
+    admitted = jobguard.admit(jobs, redis, worker.note_end)
     for refused in {job.id for job in jobs} - {job.id for job in admitted}:
         redis.lrem(intermediate, 1, refused)
     return admitted

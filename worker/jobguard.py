@@ -13,9 +13,11 @@ which cannot call anything else nor send any webhook on any RQ code path.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 from redis import Redis
+from redis.client import Pipeline
 from rq.exceptions import DeserializationError
 from rq.job import Job
 from rq.job_lifecycle import record_job_failure
@@ -122,8 +124,9 @@ class RunnerJob(Job):
             logger.warning("job %s: its webhooks (%d) are not sent: runner jobs have none", self.id, len(self.webhooks))
 
 
-def admit(jobs: list[Job], connection: Redis) -> list[Job]:
-    """The jobs that may run; each other one is logged and recorded as failed without running."""
+def admit(jobs: list[Job], connection: Redis, on_end: Callable[[Job, Pipeline], None] | None = None) -> list[Job]:
+    """The jobs that may run; each other one is logged and recorded as failed without running
+    (`on_end` adds to that record's write: prompt retention)."""
     admitted = []
     for job in jobs:
         why = refusal(job, job.allowed if isinstance(job, RunnerJob) else RUNNER_FUNCTIONS)
@@ -135,6 +138,8 @@ def admit(jobs: list[Job], connection: Redis) -> list[Job]:
         try:
             with connection.pipeline() as pipe:
                 record_job_failure(job, f"refused by the runner's worker, not run: {why}", pipe)
+                if on_end is not None:
+                    on_end(job, pipe)
                 pipe.execute()
         except Exception as exc:  # the job is off its queue and not run either way
             logger.warning("job %s: could not record its refusal: %s", job.id, exc)
