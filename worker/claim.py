@@ -8,12 +8,16 @@ a claim another GPU took after ours expired.
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 
 from redis import Redis
+from redis.exceptions import RedisError
 
 from common import keys
+
+logger = logging.getLogger(__name__)
 
 # A claim outlives a normal switch; the worker's announcement of the loaded model takes over.
 CLAIM_TTL_S = 120
@@ -43,7 +47,10 @@ class SwitchClaim:
     def keep(self) -> None:
         """Refresh the claim if it is due (call often while switching); a lost claim is not taken back."""
         if time.monotonic() - self._refreshed >= REFRESH_S:
-            self._refresh(keys=[self.key], args=[self.value, CLAIM_TTL_S])
+            try:
+                self._refresh(keys=[self.key], args=[self.value, CLAIM_TTL_S])
+            except (RedisError, OSError) as exc:  # the switch goes on; the claim may expire
+                logger.warning("model switch: cannot refresh its claim: %s", exc)
             self._refreshed = time.monotonic()
 
     def release(self) -> bool:

@@ -173,10 +173,7 @@ class ModelSchedule:
     def _keep_claim(self) -> None:
         """Refresh the claim of the switch under way, if any (called while it waits)."""
         if self._claim is not None:
-            try:
-                self._claim.keep()
-            except (RedisError, OSError) as exc:
-                logger.warning("model switch: cannot refresh its claim: %s", exc)
+            self._claim.keep()
 
     def _reload_if_gone(self, worker: SlotWorker, model_id: str) -> None:
         """Load the current model again if Ollama dropped it (keep-alive ran out, Ollama restarted).
