@@ -84,6 +84,8 @@ class WorkerRecord:
     backend: str = "ollama"
     engine_url: str = ""
     engine_note: str = ""
+    # Whether the worker hears RQ's commands and the web's cancels now (its pub/sub subscription).
+    command_channel_up: bool = False
 
     def can_serve(self, model_id: str) -> bool:
         """Whether the model is installed on this worker's Ollama and fits its GPU."""

@@ -7,6 +7,11 @@ executed, only read back) and goes to Redis in one script that checks the status
 expects and runs the commands only then: whoever gets there first wins, the other sees the new
 status and records nothing. One round trip and one reply, where WATCH, a read and MULTI/EXEC
 took three round trips and a reply per command (this is on every job's path).
+
+A write can run twice: the Redis client retries a command whose reply was lost (the script ran,
+the connection broke before its answer arrived). A block may therefore name a key that only its
+own commands create (`done_if`, e.g. the RQ execution a start creates): found, the block counts
+as written by this very call, and is not run again.
 """
 
 from __future__ import annotations
@@ -26,9 +31,10 @@ MISSING = "missing"
 Command = tuple[bytes | str | int | float, ...]
 
 # KEYS: the guarded jobs' hashes. ARGV: the commands run first whatever the statuses, then per
-# key its expected statuses and its commands, then the commands run last. A block of commands
-# is its count, then per command its argument count and arguments; a status list is its count
-# and the statuses. Returns, per key, false once its commands ran, else the status it found.
+# key its expected statuses, its `done_if` key ('' for none) and its commands, then the commands
+# run last. A block of commands is its count, then per command its argument count and arguments;
+# a status list is its count and the statuses. Returns, per key, false once its commands ran
+# (now, or by an earlier run of the same call: its `done_if` key exists), else the status found.
 _SCRIPT = """
 local a = 1
 local function run_block()
@@ -57,8 +63,13 @@ for k = 1, #KEYS do
     if ARGV[i] == status then ok = true end
   end
   a = a + n + 1
+  local done = ARGV[a]
+  a = a + 1
   if ok then
     run_block()
+    found[k] = false
+  elseif done ~= '' and redis.call('EXISTS', done) == 1 then
+    skip_block()
     found[k] = false
   else
     skip_block()
@@ -83,11 +94,13 @@ def commands(redis: Redis, write: Callable[[Pipeline], object]) -> list[Command]
 
 @dataclass
 class Guarded:
-    """Commands to run only if the job's status (its hash's `status`) is one of `expected`."""
+    """Commands to run only if the job's status (its hash's `status`) is one of `expected`, and
+    not again if `done_if` (a key only these commands create) exists."""
 
     job_key: str
     expected: Collection[str]
     commands: list[Command] = field(default_factory=list)
+    done_if: str = ""
 
 
 def _block(out: list[bytes | str | int | float], block: Sequence[Command]) -> None:
@@ -109,6 +122,7 @@ def run_guarded(
     for item in guarded:
         args.append(len(item.expected))
         args.extend(item.expected)
+        args.append(item.done_if)
         _block(args, item.commands)
     _block(args, last)
     job_keys = [item.job_key for item in guarded]

@@ -44,10 +44,20 @@ def metrics_counters() -> str:
 
 
 def prompt_retention() -> str:
-    """Sorted set of started jobs (scored by start time) whose prompts are blanked once retention ends."""
+    """Sorted set of jobs whose prompts are blanked once retention ends (scored by end time, start time until then)."""
     return f"{PREFIX}:prompts"
 
 
 def model_claim(model_id: str) -> str:
     """Held (with a TTL) by the worker switching its GPU to a model, so two GPUs don't both switch."""
     return f"{PREFIX}:claim:{model_id}"
+
+
+def take_token(worker_name: str, token: str) -> str:
+    """What one take moved (queue key, then job ids), so a retried take answers the same ids."""
+    return f"{PREFIX}:take:{worker_name}:{token}"
+
+
+def prompt_sweep_lock() -> str:
+    """Held (with a TTL) by the one worker sweeping expired prompts for the whole fleet."""
+    return f"{PREFIX}:prompts:sweeper"

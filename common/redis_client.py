@@ -33,6 +33,12 @@ def make_redis(url: str, *, max_connections: int, command_timeout_s: float = COM
         socket_timeout=command_timeout_s,
         socket_keepalive=True,
         health_check_interval=15,
+        # One retry on ConnectionError/TimeoutError, kept on purpose: it rides out a dropped
+        # connection without a failed request, and it may run a command twice (the reply was
+        # lost, not the command). Every write the runner sends is safe to run twice: the take
+        # carries a token, the start names the execution it creates, ends are guarded by status
+        # (common.job_state), backlog appends are keyed by sequence number; the rest (SET,
+        # EXPIRE, ZADD, HSET of the same values) are idempotent.
         retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=1),
         **_DRIVER,
     )

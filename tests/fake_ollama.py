@@ -342,6 +342,7 @@ class FakeOllama:
         self.sched: Scheduler | None = None
         # Seconds every /api/ps answer is held back (a slow Ollama, for liveness tests).
         self.ps_delay_s = 0.0
+        self.ps_started = 0  # slow /api/ps answers under way or sent (a test waits for one to begin)
         self.requests: list[ChatRecord] = []
         self.loaded: dict[str, float] = {}
         self.pulls: list[str] = []
@@ -544,11 +545,15 @@ class FakeOllama:
             elif route == ("GET", "/api/ps"):
                 assert self.sched is not None
                 await self.sched.wait_loads()  # routes.go PsHandler → sched.loadedModels waits on refMu
+                # PsHandler lists the runners loadedModels returned, then builds its answer from
+                # them: a slow answer describes the moment the list was taken.
+                answer = gojson(self._ps())
                 if self.ps_delay_s:
                     # A fault to inject beyond that: PsHandler also asks every loaded runner for its
                     # MemorySize(), which waits on a runner busy decoding.
+                    self.ps_started += 1
                     await asyncio.sleep(self.ps_delay_s)
-                await conn.send(200, JSON_CT, gojson(self._ps()), head_only)
+                await conn.send(200, JSON_CT, answer, head_only)
             elif route == ("POST", "/api/show"):
                 await conn.send_json(200, self._show(_parse_json(req.body)))
             elif route == ("POST", "/api/pull"):

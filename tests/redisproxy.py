@@ -1,9 +1,13 @@
 """A TCP proxy in front of a real redis-server that can corrupt or refuse chosen connections.
 
 A connection is chosen by what its client sent (every one of some markers: a command name, a
-channel): `inject` writes raw
-bytes to the clients of the chosen connections, as a broken or hostile network path would, and
-`refuse` closes every chosen connection, now and whenever one is made again.
+channel): `inject` writes raw bytes to the clients of the chosen connections, as a broken or
+hostile network path would, and `refuse` closes every chosen connection, now and whenever one is
+made again. Faults on one command (chosen by a marker in what the client sends with it):
+`drop_reply` forwards the command, lets Redis run it, and closes the connection instead of
+delivering the answer (a reply lost on the way back: the client cannot tell whether it ran);
+`stall` forwards nothing more on that connection, either way (a peer that stops answering).
+`silence` makes every new connection hang unanswered (a Redis that accepts and stays silent).
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ class _Link:
     server: socket.socket
     sent: bytearray = field(default_factory=bytearray)  # what the client sent (first 64 kB)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    awaiting: _Fault | None = None  # a drop-reply fault whose command went to Redis on this link
+    stalled: bool = False
 
     def close(self) -> None:
         for sock in (self.client, self.server):
@@ -40,8 +46,30 @@ class RedisProxy:
         self._listener = socket.create_server(("127.0.0.1", self.port))
         self._links: list[_Link] = []
         self._refused: list[tuple[bytes, ...]] = []
+        self._faults: list[_Fault] = []
+        self._silent = False
         self._lock = threading.Lock()
         threading.Thread(target=self._accept, daemon=True).start()
+
+    def drop_reply(self, marker: bytes, *, reply: bytes = b"", times: int = 1) -> _Fault:
+        """The next `times` commands that carry `marker` (and whose answer carries `reply`) run in
+        Redis; their connections close before the answer reaches the client."""
+        fault = _Fault(marker, times, "drop", reply)
+        with self._lock:
+            self._faults.append(fault)
+        return fault
+
+    def stall(self, marker: bytes) -> _Fault:
+        """The next command carrying `marker` is not forwarded, nor anything after it on its connection."""
+        fault = _Fault(marker, 1, "stall")
+        with self._lock:
+            self._faults.append(fault)
+        return fault
+
+    def silence(self, silent: bool = True) -> None:
+        """While silent, new connections are accepted and never answered (nor forwarded)."""
+        with self._lock:
+            self._silent = silent
 
     def inject(self, markers: tuple[bytes, ...], data: bytes, *, unless: bytes | None = None) -> int:
         """Send `data` to every client that sent all `markers` (and not `unless`); how many got it."""
@@ -82,11 +110,44 @@ class RedisProxy:
                 server = socket.create_connection(("127.0.0.1", self.target_port))
             except OSError:
                 return
+            with self._lock:
+                silent = self._silent
+            if silent:
+                server.close()
+                self._hold(client)
+                continue
             link = _Link(client, server)
             with self._lock:
                 self._links.append(link)
             threading.Thread(target=self._upstream, args=(link,), daemon=True).start()
             threading.Thread(target=self._downstream, args=(link,), daemon=True).start()
+
+    def _hold(self, client: socket.socket) -> None:
+        """Keep a silent connection open, reading and answering nothing, until the proxy closes."""
+        held = _Link(client, socket.socket())
+        with self._lock:
+            self._links.append(held)
+
+    def _fault_for(self, data: bytes) -> _Fault | None:
+        with self._lock:
+            for fault in self._faults:
+                if fault.left > 0 and fault.marker in data:
+                    if fault.kind == "stall":
+                        fault.left -= 1
+                    return fault
+        return None
+
+    def _drops(self, link: _Link, reply: bytes) -> bool:
+        """Whether this answer is the one a drop-reply fault waits for (then it is used up)."""
+        fault, link.awaiting = link.awaiting, None
+        if fault is None or fault.reply not in reply:
+            return False
+        with self._lock:
+            if fault.left <= 0:
+                return False
+            fault.left -= 1
+        fault.hit.set()
+        return True
 
     def _upstream(self, link: _Link) -> None:
         try:
@@ -95,21 +156,43 @@ class RedisProxy:
                     link.sent += data
                 with self._lock:
                     refused = any(_sent_all(link, markers) for markers in self._refused)
-                if refused:
+                if refused or link.stalled:
                     break
+                fault = self._fault_for(data)
+                if fault is not None and fault.kind == "stall":
+                    link.stalled = True
+                    fault.hit.set()
+                    continue  # nothing more goes either way; the client waits
+                link.awaiting = fault
                 link.server.sendall(data)
         except OSError:
             pass
-        link.close()
+        if not link.stalled:
+            link.close()
 
     def _downstream(self, link: _Link) -> None:
         try:
             while data := link.server.recv(65536):
+                if link.awaiting is not None and self._drops(link, data):
+                    break  # Redis ran the command; its answer never reaches the client
+                if link.stalled:
+                    continue
                 with link.lock:
                     link.client.sendall(data)
         except OSError:
             pass
         link.close()
+
+
+@dataclass(eq=False)
+class _Fault:
+    """One planned fault: on commands carrying `marker`, `left` more times."""
+
+    marker: bytes
+    left: int
+    kind: str
+    reply: bytes = b""
+    hit: threading.Event = field(default_factory=threading.Event)
 
 
 def _sent_all(link: _Link, markers: tuple[bytes, ...]) -> bool:

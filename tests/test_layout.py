@@ -132,3 +132,89 @@ def test_every_third_party_import_is_an_installed_requirement() -> None:
     required = install_requires()
     missing = {name for name in third_party if PROVIDERS[name] is not None and PROVIDERS[name] not in required}
     assert not missing, f"imported but not in install_requires: {sorted(missing)}"
+
+
+# --- modules, cycles, private APIs
+
+PACKAGES = ("common", "web", "worker", "ops")
+MAX_LINES = 300
+# Underscore names that are documented public API (collections.namedtuple).
+NAMEDTUPLE_API = {"_replace", "_asdict", "_fields", "_make"}
+
+
+def modules() -> dict[str, Path]:
+    """Every module of the runner's packages, by dotted name."""
+    found = {}
+    for package in PACKAGES:
+        for path in (REPO / package).rglob("*.py"):
+            name = ".".join(path.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")
+            found[name] = path
+    return found
+
+
+def imports_of(path: Path, known: set[str]) -> set[str]:
+    """The runner's modules `path` imports (any import, guarded or not), as dotted names."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        names: list[str] = []
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+        # A package's own __init__ runs on any import of its modules: not an edge of its own.
+        found |= {name for name in names if name in known and name not in PACKAGES}
+    return found
+
+
+def test_no_module_imports_itself_back() -> None:
+    graph = {name: imports_of(path, set(modules())) - {name} for name, path in modules().items()}
+    cycles = []
+    for start in graph:
+        stack, seen = [(start, [start])], set()
+        while stack:
+            node, trail = stack.pop()
+            for nxt in graph[node]:
+                if nxt == start:
+                    cycles.append(" → ".join([*trail, start]))
+                elif nxt not in seen:
+                    seen.add(nxt)
+                    stack.append((nxt, [*trail, nxt]))
+    assert not cycles, "import cycles:\n" + "\n".join(sorted(set(cycles)))
+
+
+def test_no_module_outside_tests_is_over_300_lines() -> None:
+    long = {name: n for name, path in modules().items() if (n := len(path.read_text().splitlines())) > MAX_LINES}
+    assert not long, f"split these modules (over {MAX_LINES} lines): {long}"
+
+
+def documented_private_uses() -> set[tuple[str, str]]:
+    rows = (REPO / "docs" / "private-apis.md").read_text().splitlines()
+    cells = [[c.strip().strip("`") for c in row.strip("|").split("|")] for row in rows if row.startswith("| ")]
+    return {(where, name.rsplit(".", 1)[1]) for _library, name, where, _why in cells[2:]}
+
+
+def private_uses_in_code() -> set[tuple[str, str]]:
+    """`x._name` on anything but self/cls, and RQ's private worker attributes set on self."""
+    from rq.worker import BaseWorker
+
+    base_source = Path(__import__("inspect").getsourcefile(BaseWorker)).read_text()
+    found = set()
+    for path in modules().values():
+        where = str(path.relative_to(REPO))
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Attribute) or not node.attr.startswith("_") or node.attr.startswith("__"):
+                continue
+            if node.attr in NAMEDTUPLE_API:
+                continue
+            receiver = node.value.id if isinstance(node.value, ast.Name) else ""
+            if receiver not in ("self", "cls") or f"self.{node.attr} " in base_source:
+                found.add((where, node.attr))
+    return found
+
+
+def test_every_private_library_use_is_listed_once_with_why() -> None:
+    listed = documented_private_uses()
+    underscored = {(where, name) for where, name in listed if name.startswith("_")}
+    assert private_uses_in_code() == underscored, "docs/private-apis.md and the code disagree"
+    for where, name in listed - underscored:  # internals with public-looking names
+        assert re.search(rf"\.{name}\b", (REPO / where).read_text()), f"{name} no longer used in {where}"

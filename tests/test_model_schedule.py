@@ -14,6 +14,8 @@ from redis import Redis
 from common.fleet import read_fleet
 from tests.client import call
 from tests.fake_ollama import FakeOllama
+from tests.golivepeer import read_stream
+from tests.rawclient import RawRequest
 from tests.stack import Stack, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -136,3 +138,38 @@ def test_a_model_ollama_dropped_is_loaded_again_by_the_worker_not_by_a_job(stack
         assert ask(stack.web_url, LLAMA).status_code == 200
         job = [r for r in fake.chat_records() if r.body.get("messages")][-1]
         assert job.body["messages"] and (job.finished_at or 0) > (loads(fake, "llama3.1:8b")[-1].finished_at or 0)
+
+
+def test_a_slow_api_ps_after_an_ollama_restart_neither_drains_a_stream_nor_stops_intake(stack: Stack) -> None:
+    """Ollama restarts (nothing loaded) and /api/ps is slow: the schedule's check takes the list
+    while nothing is loaded, a stream then loads the model and generates, and the check's answer
+    arrives stale. The streaming model is loaded: nothing is drained or reloaded, and short
+    requests keep being served by the free slot (not refused "insufficient capacity")."""
+    one = {"MODELS": LLAMA, "VRAM_MB": 8192, "OLLAMA_NUM_PARALLEL": 2, "QUEUE_TIMEOUT_S": 5}
+    first = FakeOllama(load_time_s=0.5, slots=2).start()
+    try:
+        stack.start_web(**one, OLLAMA_URL=first.url)
+        stack.start_worker(**one, OLLAMA_URL=first.url)
+    finally:
+        first.stop()
+    with FakeOllama(port=first.port, load_time_s=0.5, slots=2).start() as fake:
+        fake.ps_delay_s = 8.0
+        fake.set_behavior("*", tokens_per_s=20, reply_tokens=200)
+        wait_until(lambda: fake.ps_started >= 1, 15, "the schedule asking the restarted Ollama what it holds")
+        long_one = {
+            "model": LLAMA,
+            "stream": True,
+            "max_tokens": 200,
+            "messages": [{"role": "user", "content": "long one"}],
+        }
+        stream = RawRequest(f"{stack.web_url}/llm", long_one)
+        stream.read_until(b"data: ")
+        answers = []
+        for i in range(8):  # over the slow /api/ps answer and after it
+            answers.append(ask(stack.web_url, LLAMA, f"short {i}", max_tokens=2).status_code)
+            time.sleep(1.0)
+        stream.read_all(timeout=30)
+        result = read_stream(stream.body_lines())
+        assert answers == [200] * 8
+        assert result.finish_reason == "stop" and result.text == "long one " * 100
+        assert not [r for r in fake.chat_records() if r.body.get("keep_alive") == 0], "the model was unloaded"

@@ -5,15 +5,20 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
+import uuid
 import zlib
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from redis import Redis
+from rq import Queue
+from rq.intermediate_queue import IntermediateQueue
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
+from rq.utils import now as rq_now
 from rq.utils import utcformat
+from rq.webhook import Webhook
 
 from common import keys
 from common.jobs import GenerateJob
@@ -93,7 +98,7 @@ def test_the_sweep_blanks_ended_jobs_after_the_retention_only(redis: Redis) -> N
         place(redis, job_id)
     started = time.time() - 100
     with redis.pipeline() as pipe:
-        retention.on_start([Job.fetch(i, connection=redis, serializer=JSONSerializer) for i in ids], pipe)
+        retention.on_start([Job.fetch(i, connection=redis, serializer=JSONSerializer) for i in ids], pipe, started)
         pipe.execute()
     redis.zadd(keys.prompt_retention(), dict.fromkeys(ids, started))
     end(redis, "finished", JobStatus.FINISHED, started + 10)
@@ -104,7 +109,7 @@ def test_the_sweep_blanks_ended_jobs_after_the_retention_only(redis: Redis) -> N
     redis.expire(Job.key_for("finished"), 500)
     redis.delete(Job.key_for("gone"))
 
-    assert retention.sweep(redis) == 3
+    assert retention.sweep(redis, time.time()) == 3
     for job_id in ("finished", "failed", "canceled"):
         assert contents(redis, job_id) == ["", "", "", ""]
         job = Job.fetch(job_id, connection=redis, serializer=JSONSerializer)
@@ -163,3 +168,38 @@ def test_drop_prompts_at_start_leaves_no_prompt_text_in_redis(stack: Stack, fake
         request.join(30)
     assert answers[0].status_code == 200 and answers[0].json()["choices"][0]["message"]["content"]
     assert SECRET.encode() not in everything_in(stack.redis)
+
+
+def planted(queue: Queue, **fields: Any) -> Job:
+    """A runner job holding SECRET, saved as the web saves one (not queued)."""
+    spec = GenerateJob("llmrunner:events:nobody", LLAMA, "llama3.1:8b", messages(), 5, 0.7, 0.9, 40, False)
+    job = queue.create_job(keys.GENERATE_JOB, args=(spec.to_payload(),), job_id=uuid.uuid4().hex, timeout=-1,
+                           failure_ttl=86400, **fields)  # fmt: skip
+    job.save()
+    return job
+
+
+@pytest.mark.e2e
+def test_jobs_that_never_started_keep_their_prompt_no_longer_than_the_retention(
+    stack: Stack, fake_ollama: FakeOllama
+) -> None:
+    """Refused as stale, failed by RQ's intermediate-queue cleanup, refused for its webhooks: each
+    ended without starting, and each prompt leaves Redis PROMPT_RETENTION_S after (not 24 h)."""
+    redis = stack.redis
+    queue = Queue(keys.queue_name(LLAMA), connection=redis, serializer=JSONSerializer)
+    stuck = planted(queue)
+    intermediate = IntermediateQueue(queue.key, redis)
+    redis.rpush(intermediate.key, stuck.id)
+    redis.set(intermediate.get_first_seen_key(stuck.id), rq_now().timestamp() - 120)
+    stack.start_worker(OLLAMA_URL=fake_ollama.url, VRAM_MB=8192, PROMPT_RETENTION_S=1, QUEUE_TIMEOUT_S=5)
+    stale = planted(queue)
+    redis.hset(stale.key, "created_at", utcformat(rq_now() - timedelta(hours=1)))
+    hooked = planted(queue, webhooks=[Webhook("http://127.0.0.1:9/hook", "failed")])
+    for job in (stale, hooked):
+        queue.push_job_id(job.id)
+    for job in (stale, stuck, hooked):
+        wait_until(lambda job=job: Job.fetch(job.id, connection=redis, serializer=JSONSerializer).get_status()
+                   == JobStatus.FAILED, 20, f"job {job.id} failed")  # fmt: skip
+    wait_until(lambda: SECRET.encode() not in everything_in(redis), 20, "every prompt blanked")
+    for job in (stale, stuck, hooked):
+        assert contents(redis, job.id) == ["", "", "", ""], "the record stays, its prompt blanked"

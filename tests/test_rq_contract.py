@@ -16,6 +16,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ from rq.worker import Worker
 
 from tests.client import call
 from tests.conftest import RedisServer
+from tests.redisproxy import RedisProxy
 from tests.stack import Process, Stack, free_port, wait_until
 from tests.test_dashboard import dashboard_argv
 
@@ -53,11 +55,11 @@ class Run:
     queue: Queue
     workers: list[Process] = field(default_factory=list)
 
-    def start_worker(self, *, forking: bool = False) -> Process:
+    def start_worker(self, *, forking: bool = False, redis_url: str = "") -> Process:
         """Start a worker of this run's kind on the queue and wait until RQ lists it."""
         before = {w.name for w in Worker.all(connection=self.redis)}
         if self.kind == "ours":
-            argv = [sys.executable, "-m", "tests.slot_worker_harness", self.stack.redis_url, QUEUE]
+            argv = [sys.executable, "-m", "tests.slot_worker_harness", redis_url or self.stack.redis_url, QUEUE]
         else:
             worker_class = "rq.worker.Worker" if forking else "rq.worker.SimpleWorker"
             # --worker-ttl 16: RQ then waits 1 s per dequeue (worker_ttl - 15), as SlotWorker does,
@@ -133,32 +135,30 @@ def suspended(run: Run) -> dict[str, Job]:
     assert run.status(busy) == "started", "the scenario needs the worker busy when suspended"
     run.wait_status(busy, "finished")
     wait_until(lambda: [w.get_state() for w in Worker.all(connection=run.redis)] == ["suspended"], 5, "suspended")
-    time.sleep(2.0)
-    assert run.status(job) == "queued", f"a suspended worker ({run.kind}) took a job"
+    resumed_at = datetime.fromtimestamp(run.redis.time()[0], UTC)
     assert subprocess.run(rq_cli("resume", run), capture_output=True, timeout=30).returncode == 0
     run.wait_status(job, "finished")
+    started = Job.fetch(job.id, connection=run.redis, serializer=JSONSerializer).started_at
+    assert started is not None and started >= resumed_at, f"a suspended worker ({run.kind}) took a job"
     return {"busy": busy, "after-resume": job}
 
 
 def killed_before_start(run: Run) -> dict[str, Job]:
     """The worker dies after taking the job off the queue and before recording its start."""
-    first = run.start_worker()
-    time.sleep(0.5)  # waiting in its blocking dequeue
-    job = run.queue.create_job(hold, args=(0.1,), result_ttl=300, failure_ttl=3600)
-    job.save()
-    # Redis hands the id to the waiting worker as soon as it is pushed; the pause that follows in
-    # the same batch holds the worker's next write (its start bookkeeping) while it is killed.
-    with run.redis.pipeline(transaction=False) as pipe:
-        run.queue.push_job_id(job.id, pipeline=pipe)
-        pipe.execute_command("CLIENT", "PAUSE", 3000, "WRITE")
-        pipe.execute()
+    if run.kind == "ours":
+        first, proxy = _ours_stalled_at_start(run)
+    else:
+        first, proxy = _rq_paused_at_start(run), None
     try:
-        assert run.redis.llen(run.queue.key) == 0, "the worker did not take the job"
-        time.sleep(0.3)
+        job_id = run.redis.lrange(IntermediateQueue.get_intermediate_queue_key(run.queue.key), 0, -1)
+        assert len(job_id) == 1 and run.redis.llen(run.queue.key) == 0, "the worker did not take the job"
         first.signal(9)
         first.popen.wait(10)
     finally:
         run.redis.execute_command("CLIENT", "UNPAUSE")
+        if proxy is not None:
+            proxy.close()
+    job = Job.fetch(job_id[0].decode(), connection=run.redis, serializer=JSONSerializer)
     assert run.status(job) == "queued"
     # RQ gives a taken job a minute to start; then another worker's maintenance finds it.
     intermediate = IntermediateQueue(run.queue.key, run.redis)
@@ -170,6 +170,38 @@ def killed_before_start(run: Run) -> dict[str, Job]:
     run.start_worker()
     run.wait_status(job, "failed", 20)
     return {"recovered": job}
+
+
+def _rq_paused_at_start(run: Run) -> Process:
+    """RQ's worker, its start bookkeeping held back by a write pause right after its dequeue."""
+    first = run.start_worker()
+    wait_until(lambda: _blocked_clients(run.redis) >= 1, 10, "the worker waiting in its blocking dequeue")
+    job = run.queue.create_job(hold, args=(0.1,), result_ttl=300, failure_ttl=3600)
+    job.save()
+    # Redis hands the id to the waiting worker as soon as it is pushed; the pause that follows in
+    # the same batch holds the worker's next write (its start bookkeeping) while it is killed.
+    with run.redis.pipeline(transaction=False) as pipe:
+        run.queue.push_job_id(job.id, pipeline=pipe)
+        pipe.execute_command("CLIENT", "PAUSE", 3000, "WRITE")
+        pipe.execute()
+    return first
+
+
+def _ours_stalled_at_start(run: Run) -> tuple[Process, RedisProxy]:
+    """SlotWorker through a proxy that holds its start bookkeeping (the script's first command
+    takes the job off the intermediate list) once the take has moved the job there."""
+    proxy = RedisProxy(int(run.stack.redis_url.rsplit(":", 1)[1].split("/")[0]))
+    stalled = proxy.stall(b"LREM")
+    first = run.start_worker(redis_url=proxy.url)
+    job = run.queue.create_job(hold, args=(0.1,), result_ttl=300, failure_ttl=3600)
+    job.save()
+    run.queue.push_job_id(job.id)
+    assert stalled.hit.wait(10), "the worker never started the job's bookkeeping"
+    return first, proxy
+
+
+def _blocked_clients(redis: Redis) -> int:
+    return int(redis.info("clients")["blocked_clients"])
 
 
 def emptied(run: Run) -> dict[str, Job]:
@@ -287,7 +319,9 @@ def observe(
     run = Run(kind, stack, redis, Queue(QUEUE, connection=redis, serializer=JSONSerializer))
     try:
         jobs = scenario(run)
-        time.sleep(0.3)  # the worker's last state change after the job's end
+        # The worker's last state change after the job's end.
+        wait_until(lambda: all(w.get_state() in ("idle", "suspended") for w in Worker.all(connection=redis)), 5,
+                   "the workers idle")  # fmt: skip
         return {"api": api_view(redis, jobs), "rq info": info_view(stack), "dashboard": dashboard_view(base, jobs)}
     finally:
         stack.stop()

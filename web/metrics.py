@@ -100,6 +100,8 @@ class FleetCollector(Collector):
         }
         slots = GaugeMetricFamily("llm_worker_slots", "Parallel slots of each worker", labels=["worker", "state"])
         busy = GaugeMetricFamily("llm_worker_busy_slots", "Slots generating now", labels=["worker"])
+        channel = GaugeMetricFamily("llm_worker_command_channel_up", "Whether the worker hears commands and cancels",
+                                    labels=["worker"])  # fmt: skip
         switches = CounterMetricFamily(
             "llm_worker_model_switches", "Models the worker unloaded to load another", labels=["worker"]
         )
@@ -114,6 +116,7 @@ class FleetCollector(Collector):
         for record in records:
             slots.add_metric([record.name, record.state], record.slots)
             busy.add_metric([record.name], record.busy)
+            channel.add_metric([record.name], 1 if record.command_channel_up else 0)
             switches.add_metric([record.name], record.switches)
             for helper, count in record.restarts.items():
                 restarts.add_metric([record.name, helper], count)
@@ -128,6 +131,7 @@ class FleetCollector(Collector):
         yield from gauges.values()
         yield slots
         yield busy
+        yield channel
         yield switches
         yield pulled
         yield pull_size

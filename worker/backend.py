@@ -17,7 +17,7 @@ from common.fleet import ModelFit
 from common.jobs import GenerateJob
 from common.settings import Settings
 from worker.engine_stream import ChatStream, EndHandler, LinesHandler, Retry
-from worker.http import EngineHttp, StreamLoop
+from worker.http import EngineHttp
 from worker.ollama_wire import Final, Parsed
 
 
@@ -116,14 +116,3 @@ def refuse_continuation(job: GenerateJob, fit: ModelFit | None) -> BackendError 
         why = fit.continuation_note if fit is not None and fit.continuation_note else "not established for it"
         return BackendError(f"this worker cannot continue an answer of {job.model_id}: {why}", reason=NOT_CONTINUABLE)
     return None
-
-
-def make_backend(settings: Settings, streams: StreamLoop) -> Backend:
-    """The backend BACKEND names, on this process's loop."""
-    if settings.backend == "openai":
-        from worker.openai_backend import OpenAIBackend
-
-        return OpenAIBackend(settings, streams)
-    from worker.ollama_backend import OllamaBackend
-
-    return OllamaBackend(settings, streams)

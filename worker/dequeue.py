@@ -1,4 +1,4 @@
-"""Taking jobs off RQ queues as RQ does: into the queue's intermediate list, never just popped.
+"""Taking job ids off RQ queues as RQ does: into the queue's intermediate list, never just popped.
 
 RQ's worker moves a job id from `rq:queue:<name>` to `rq:queue:<name>:intermediate` (LMOVE) and
 removes it from there only in the same transaction that puts the job in the StartedJobRegistry
@@ -6,34 +6,53 @@ removes it from there only in the same transaction that puts the job in the Star
 intermediate list, where RQ's maintenance finds it and records the job failed
 (rq/intermediate_queue.py, IntermediateQueue.cleanup). Here several ids are moved at once, from
 the first non-empty queue in listening order, and the suspension flag of `rq suspend` is read
-in the same script, so neither costs a round trip on a job's way to Ollama.
+in the same script, so neither costs a round trip on a job's way to the engine.
+
+Safe to run twice: the Redis client retries a command whose reply was lost, and a take that ran
+but whose answer never arrived would strand its ids in the intermediate list. Each take carries
+a fresh token; the script records what it moved under it, and a second run with the same token
+answers the same ids instead of moving more. Waiting for work never moves anything: BLMOVE from
+a queue's tail to its own tail leaves the list as it was and only wakes the worker.
 """
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 
 from redis import Redis
-from rq.intermediate_queue import IntermediateQueue
 from rq.job import Job
 from rq.suspension import WORKERS_SUSPENDED
 
-# KEYS: the suspension flag, then each queue key in order. ARGV: how many ids to take at most,
-# an id already moved from the first queue ('' if none; it is taken whatever the flag says),
-# and the prefix of job hashes' keys (RQ's `rq:job:`).
-# Returns {} when nothing waits, {0} when suspended, else {queue key, id, fields, id, fields, ...}
-# with each job's hash as HGETALL gives it (empty for a job that is gone): the worker reads its
-# jobs in the same round trip as it takes them.
+from common import keys
+
+# How long a take's record outlives it (a retry comes within a second; the start deletes it).
+TOKEN_TTL_S = 60
+
+# KEYS: the suspension flag, the take's token key, then each queue key in order. ARGV: how many
+# ids to take at most, and the prefix of job hashes' keys (RQ's `rq:job:`).
+# Returns {TIME seconds, TIME microseconds} when nothing waits, {..., 0} when suspended, else
+# {..., queue key, id, fields, id, fields, ...} with each job's hash as HGETALL gives it (empty for
+# a job that is gone): the worker reads its jobs in the same round trip as it takes them.
 _TAKE = """
+local t = redis.call('TIME')
 local count = tonumber(ARGV[1])
-local moved = ARGV[2]
-if moved == '' and redis.call('EXISTS', KEYS[1]) == 1 then return {0} end
-local first = 2
-local last = #KEYS
-if moved ~= '' then last = 2 end
-for i = first, last do
+local function answer(queue, ids)
+  local reply = {t[1], t[2], queue}
+  for _, id in ipairs(ids) do
+    reply[#reply + 1] = id
+    reply[#reply + 1] = redis.call('HGETALL', ARGV[2] .. id)
+  end
+  return reply
+end
+local done = redis.call('LRANGE', KEYS[2], 0, -1)
+if #done > 0 then
+  local queue = table.remove(done, 1)
+  return answer(queue, done)
+end
+if redis.call('EXISTS', KEYS[1]) == 1 then return {t[1], t[2], 0} end
+for i = 3, #KEYS do
   local ids = {}
-  if i == 2 and moved ~= '' then ids[1] = moved end
   local target = KEYS[i] .. ':intermediate'
   while #ids < count do
     local id = redis.call('LMOVE', KEYS[i], target, 'LEFT', 'RIGHT')
@@ -41,18 +60,15 @@ for i = first, last do
     ids[#ids + 1] = id
   end
   if #ids > 0 then
-    local reply = {KEYS[i]}
-    for _, id in ipairs(ids) do
-      reply[#reply + 1] = id
-      reply[#reply + 1] = redis.call('HGETALL', ARGV[3] .. id)
-    end
-    return reply
+    redis.call('RPUSH', KEYS[2], KEYS[i], unpack(ids))
+    redis.call('EXPIRE', KEYS[2], tonumber(ARGV[3]))
+    return answer(KEYS[i], ids)
   end
 end
-return {}
+return {t[1], t[2]}
 """
 
-# With several queues there is no blocking move over all of them: block on the first (the warm
+# With several queues there is no blocking wait over all of them: block on the first (the warm
 # one) for a short while, and look at every queue again between waits.
 MULTI_QUEUE_WAIT_S = 0.05
 
@@ -60,12 +76,15 @@ MULTI_QUEUE_WAIT_S = 0.05
 @dataclass(frozen=True)
 class Taken:
     """What one attempt to take jobs found: the queue, the ids moved and each job's hash as it
-    was then (None for a job that is gone), or that workers are suspended."""
+    was then (None for a job that is gone), whether workers are suspended, Redis TIME then, and
+    the key recording the take (the start bookkeeping deletes it)."""
 
     queue_key: str = ""
     job_ids: tuple[str, ...] = ()
     hashes: tuple[dict[bytes, bytes] | None, ...] = ()
     suspended: bool = False
+    time: tuple[int, int] | None = None
+    token_key: str = ""
 
 
 def _text(value: bytes | str) -> str:
@@ -75,31 +94,37 @@ def _text(value: bytes | str) -> str:
 class Dequeuer:
     """Moves up to `count` job ids from the first non-empty queue into its intermediate list."""
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, worker_name: str) -> None:
         self.redis = redis
+        self.worker_name = worker_name
         self._take = redis.register_script(_TAKE)
 
     def take(self, queue_keys: list[str], count: int, wait_s: float) -> Taken:
-        """Take what waits now; if nothing, wait up to `wait_s` for the first queue and take from it."""
+        """Take what waits now; if nothing, wait up to `wait_s` for the first queue and look again."""
         taken = self._take_now(queue_keys, count)
         if taken.job_ids or taken.suspended:
             return taken
         first = queue_keys[0]
         timeout = wait_s if len(queue_keys) == 1 else min(wait_s, MULTI_QUEUE_WAIT_S)
-        intermediate = IntermediateQueue.get_intermediate_queue_key(first)
+        # Tail to its own tail: the queue is unchanged (a retried wait changes nothing either).
         # Redis takes fractional timeouts; redis-py annotates an int.
-        moved = self.redis.blmove(first, intermediate, timeout, "LEFT", "RIGHT")  # type: ignore[arg-type]
-        if moved is None:
-            return Taken()
-        return self._take_now([first], count, moved=_text(moved))
+        woken = self.redis.blmove(first, first, timeout, "RIGHT", "RIGHT")  # type: ignore[arg-type]
+        if woken is None:
+            return taken
+        return self._take_now(queue_keys, count)
 
-    def _take_now(self, queue_keys: list[str], count: int, moved: str = "") -> Taken:
-        reply = self._take(keys=[WORKERS_SUSPENDED, *queue_keys], args=[count, moved, Job.redis_job_namespace_prefix])
-        if not reply:
-            return Taken()
-        if reply == [0]:
-            return Taken(suspended=True)
-        pairs = reply[1:]
+    def _take_now(self, queue_keys: list[str], count: int) -> Taken:
+        token_key = keys.take_token(self.worker_name, uuid.uuid4().hex)
+        reply = self._take(
+            keys=[WORKERS_SUSPENDED, token_key, *queue_keys],
+            args=[count, Job.redis_job_namespace_prefix, TOKEN_TTL_S],
+        )
+        now = (int(reply[0]), int(reply[1]))
+        if len(reply) == 2:
+            return Taken(time=now)
+        if reply[2] == 0:
+            return Taken(suspended=True, time=now)
+        pairs = reply[3:]
         ids = tuple(_text(job_id) for job_id in pairs[0::2])
         hashes = tuple(dict(zip(flat[0::2], flat[1::2], strict=True)) or None for flat in pairs[1::2])
-        return Taken(_text(reply[0]), ids, hashes)
+        return Taken(_text(reply[2]), ids, hashes, time=now, token_key=token_key)

@@ -81,6 +81,7 @@ class Heartbeat:
         """Refresh the fleet record now (last GPU figures read, busy slots, state); Redis only."""
         with self._lock:
             self.record.busy = self.worker.busy if self.worker else 0
+            self.record.command_channel_up = self.worker.channel.healthy if self.worker else False
             self.record.restarts = dict(RESTARTS)
             fleet.announce(self.redis, self.record)
 

@@ -2,18 +2,22 @@
 
 Whoever can write to Redis can put a job on a runner queue, and RQ would import and call whatever
 function that job names (and its success/failure/stopped callbacks, which RQ's registry cleanup
-also calls for jobs it finds abandoned). A worker checks each job it takes before anything of it
+also calls for jobs it finds abandoned), and send the HTTP requests its `webhooks` name (RQ 3:
+Job.restore loads them; StartedJobRegistry.cleanup, the worker's success, failure and retry
+handlers and Queue.run_sync send them). A worker checks each job it takes before anything of it
 runs, and records a foreign one as failed, as RQ records any failure (FailedJobRegistry, a
 failure Result with the reason), so rq-dashboard and `rq` show why. Its jobs are RunnerJobs,
-which cannot call anything else on any RQ code path.
+which cannot call anything else nor send any webhook on any RQ code path.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 from redis import Redis
+from redis.client import Pipeline
 from rq.exceptions import DeserializationError
 from rq.job import Job
 from rq.job_lifecycle import record_job_failure
@@ -26,21 +30,26 @@ logger = logging.getLogger(__name__)
 R = TypeVar("R", bound=BaseRegistry)
 
 
-def refusal(job: Job) -> str | None:
-    """Why this job must not run here, or None if it is the runner's generation job."""
+RUNNER_FUNCTIONS = frozenset({GENERATE_JOB})
+
+
+def refusal(job: Job, allowed: frozenset[str] = RUNNER_FUNCTIONS) -> str | None:
+    """Why this job must not run here, or None if it is the runner's generation job (one of `allowed`)."""
     try:
         func_name, instance, args, kwargs = job.func_name, job.instance, job.args, job.kwargs
     except DeserializationError:
         return "its data is not the runner's JSON job format"
-    if func_name != GENERATE_JOB or instance is not None:
+    if func_name not in allowed or instance is not None:
         shown = func_name if isinstance(func_name, str) else type(func_name).__name__
-        return f"it names {shown[:200]!r}; this worker runs only {GENERATE_JOB}"
+        return f"it names {shown[:200]!r}; this worker runs only {', '.join(sorted(allowed))}"
     callbacks = [
         name for name in (job._success_callback_name, job._failure_callback_name, job._stopped_callback_name) if name
     ]
     if callbacks:
         return f"it names callbacks ({', '.join(c[:200] for c in callbacks)}); runner jobs have none"
-    if len(args) != 1 or not isinstance(args[0], dict) or kwargs:
+    if job.webhooks:
+        return f"it names webhooks ({', '.join(h.url[:200] for h in job.webhooks)}); runner jobs have none"
+    if func_name == GENERATE_JOB and (len(args) != 1 or not isinstance(args[0], dict) or kwargs):
         return f"{GENERATE_JOB} takes one payload dict"
     return None
 
@@ -66,7 +75,10 @@ def _registry(job: Job, kind: type[R]) -> R:
 
 
 class RunnerJob(Job):
-    """RQ's Job, except that it calls only the runner's job function and never any callback."""
+    """RQ's Job, except that it calls only the runner's job function and never any callback or webhook."""
+
+    # The functions it may call: the runner's job only (the RQ contract suite allows its own).
+    allowed: frozenset[str] = RUNNER_FUNCTIONS
 
     @property
     def started_job_registry(self) -> StartedJobRegistry:
@@ -86,7 +98,7 @@ class RunnerJob(Job):
     @property
     def func(self) -> Any:
         """The runner's job function; RefusedJob for anything else (nothing else is imported)."""
-        why = refusal(self)
+        why = refusal(self, self.allowed)
         if why is not None:
             raise RefusedJob(why)
         return super().func
@@ -106,12 +118,18 @@ class RunnerJob(Job):
         """Runner jobs have no callbacks."""
         return None
 
+    def send_webhooks(self, status: Any, *, exc_string: str | None = None) -> None:
+        """Runner jobs send no webhooks (RQ would make this GPU host send HTTP wherever a Redis writer says)."""
+        if self.webhooks:
+            logger.warning("job %s: its webhooks (%d) are not sent: runner jobs have none", self.id, len(self.webhooks))
 
-def admit(jobs: list[Job], connection: Redis) -> list[Job]:
-    """The jobs that may run; each other one is logged and recorded as failed without running."""
+
+def admit(jobs: list[Job], connection: Redis, on_end: Callable[[Job, Pipeline], None] | None = None) -> list[Job]:
+    """The jobs that may run; each other one is logged and recorded as failed without running
+    (`on_end` adds to that record's write: prompt retention)."""
     admitted = []
     for job in jobs:
-        why = refusal(job)
+        why = refusal(job, job.allowed if isinstance(job, RunnerJob) else RUNNER_FUNCTIONS)
         if why is None:
             admitted.append(job)
             continue
@@ -120,6 +138,8 @@ def admit(jobs: list[Job], connection: Redis) -> list[Job]:
         try:
             with connection.pipeline() as pipe:
                 record_job_failure(job, f"refused by the runner's worker, not run: {why}", pipe)
+                if on_end is not None:
+                    on_end(job, pipe)
                 pipe.execute()
         except Exception as exc:  # the job is off its queue and not run either way
             logger.warning("job %s: could not record its refusal: %s", job.id, exc)

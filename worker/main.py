@@ -19,7 +19,7 @@ from common.settings import Settings
 from common.version import __version__
 from worker import context, jobs
 from worker.active import ActiveJobs
-from worker.backend import make_backend
+from worker.engines import make_backend
 from worker.gpu import GpuMonitor
 from worker.heartbeat import Heartbeat
 from worker.http import StreamLoop

@@ -37,6 +37,9 @@ logger = logging.getLogger(__name__)
 BACKLOG_MAXLEN = 20_000
 BACKLOG_TTL_S = 120
 RETRY_S = 10.0
+# Jobs whose events were lost are remembered until they end (`forget`), and at most this many:
+# a job that ended before its loss was noted is never forgotten otherwise.
+LOST_MAX = 10_000
 _RETRY_PAUSE_S = 0.2
 _RESTART_PAUSE_S = 0.5
 
@@ -176,6 +179,8 @@ class Publisher:
         for messages in batch.values():
             for message in messages:
                 self._lost[job_key(message).decode()] = why
+        while len(self._lost) > LOST_MAX:
+            del self._lost[next(iter(self._lost))]
 
 
 # One command per round trip, so one reply to read (redis-py's per-reply overhead dominated the

@@ -12,6 +12,10 @@ import threading
 
 # Longer than a web process takes to resubscribe after a dropped connection.
 NO_READER_S = 3.0
+# A channel unread this long is forgotten (its web process is long gone; a job that publishes to
+# it again starts its NO_READER_S anew), and at most this many unread channels are remembered.
+FORGET_S = 600.0
+MAX_UNREAD = 10_000
 
 
 class Readers:
@@ -26,8 +30,18 @@ class Readers:
         with self._lock:
             if receivers > 0:
                 self._unread_since.pop(channel, None)
-            else:
-                self._unread_since.setdefault(channel, now)
+            elif channel not in self._unread_since:
+                self._forget_old(now)
+                self._unread_since[channel] = now
+
+    def _forget_old(self, now: float) -> None:
+        """Drop channels unread for FORGET_S, and the oldest past MAX_UNREAD (oldest first: dicts keep order)."""
+        unread = self._unread_since
+        while unread:
+            channel, since = next(iter(unread.items()))
+            if now - since < FORGET_S and len(unread) < MAX_UNREAD:
+                return
+            del unread[channel]
 
     def abandoned(self, channel: str, now: float) -> bool:
         """True when nobody has read `channel` for NO_READER_S."""

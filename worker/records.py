@@ -4,14 +4,19 @@ Each function buffers RQ's own bookkeeping for one end (rq/worker/base.py: handl
 handle_job_failure; rq/job.py: Job.cancel) and commits it through `common.job_state.transition`,
 so it happens only if the job is still in the state this worker left it in. Every key of the
 job then expires: finished and canceled after the job's result TTL, failed and stopped after
-its failure TTL (RQ's FailedJobRegistry.add expires the hash).
+its failure TTL (RQ's FailedJobRegistry.add expires the hash). Every end, the ends of jobs that
+never started included, notes the job for prompt retention (`Recorder.note_end`) in the same
+write. None sends RQ's webhooks or calls callbacks (worker.jobguard).
 """
 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from datetime import timedelta
+from types import TracebackType
+from typing import Any, Protocol
 
+from redis import Redis
 from redis.client import Pipeline
 from rq.executions import Execution
 from rq.job import Job, JobStatus
@@ -19,16 +24,49 @@ from rq.registry import CanceledJobRegistry
 from rq.results import Result
 from rq.utils import now, utcformat
 
+from common.errors import RunnerError
 from common.job_state import transition
 from common.jobs import RESULT_TTL_S
 
-if TYPE_CHECKING:
-    from worker.slots import SlotWorker
+
+class Recorder(Protocol):
+    """What recording an end needs of the worker (RQ's BaseWorker, plus `note_end`)."""
+
+    name: str
+    connection: Redis
+    default_result_ttl: int
+    serializer: Any
+    job_class: type[Job]
+
+    def cleanup_execution(self, job: Job, pipeline: Pipeline, execution: Execution | None = None) -> None:
+        """RQ's: drop the execution's records."""
+
+    def increment_successful_job_count(self, pipeline: Pipeline | None = None) -> None:
+        """RQ's worker counter."""
+
+    def increment_failed_job_count(self, pipeline: Pipeline | None = None) -> None:
+        """RQ's worker counter."""
+
+    def increment_total_working_time(self, job_execution_time: timedelta, pipeline: Pipeline) -> None:
+        """RQ's worker counter."""
+
+    def note_end(self, job: Job, pipe: Pipeline) -> None:
+        """Note the job's end for prompt retention, in the end's own write."""
+
 
 logger = logging.getLogger(__name__)
 
 
-def _lost_race(worker: SlotWorker, job: Job, execution: Execution | None, end: str, status: str) -> None:
+def log_failure(job: Job, exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None) -> bool:
+    """Log a failed job: one line for errors we expect (engine failures), a traceback otherwise."""
+    if isinstance(exc, RunnerError):
+        logger.warning("job %s failed: %s", job.id, exc.msg)
+    else:
+        logger.error("job %s crashed", job.id, exc_info=(exc_type, exc, tb))
+    return False
+
+
+def _lost_race(worker: Recorder, job: Job, execution: Execution | None, end: str, status: str) -> None:
     """Another process recorded the job's end first: keep its record, drop only our execution."""
     logger.info("job %s: already %s elsewhere; not recording it %s here", job.id, status, end)
     if execution is not None:
@@ -37,7 +75,7 @@ def _lost_race(worker: SlotWorker, job: Job, execution: Execution | None, end: s
             pipe.execute()
 
 
-def record_success(worker: SlotWorker, job: Job, execution: Execution, return_value: Any) -> bool:
+def record_success(worker: Recorder, job: Job, execution: Execution, return_value: Any) -> bool:
     """RQ's success bookkeeping (status, result, registries, counters), atomically."""
     job.ended_at = now()
     job._status = JobStatus.FINISHED
@@ -57,6 +95,7 @@ def record_success(worker: SlotWorker, job: Job, execution: Execution, return_va
         worker.cleanup_execution(job, pipeline=pipe, execution=execution)
         worker.increment_successful_job_count(pipeline=pipe)
         worker.increment_total_working_time(job.ended_at - started_at, pipe)  # type: ignore[operator]
+        worker.note_end(job, pipe)
 
     status = transition(worker.connection, job.key, {JobStatus.STARTED}, write)
     if status is not None:
@@ -64,7 +103,7 @@ def record_success(worker: SlotWorker, job: Job, execution: Execution, return_va
     return status is None
 
 
-def record_canceled(worker: SlotWorker, job: Job, execution: Execution | None) -> bool:
+def record_canceled(worker: Recorder, job: Job, execution: Execution | None) -> bool:
     """A job its client gave up on: CANCELED in the CanceledJobRegistry, as Job.cancel records it."""
     job.ended_at = now()
     registry = CanceledJobRegistry(job.origin, connection=worker.connection, serializer=worker.serializer)
@@ -75,6 +114,7 @@ def record_canceled(worker: SlotWorker, job: Job, execution: Execution | None) -
         registry.add(job, pipeline=pipe)
         worker.cleanup_execution(job, pipeline=pipe, execution=execution)
         pipe.expire(job.key, RESULT_TTL_S)
+        worker.note_end(job, pipe)
 
     status = transition(worker.connection, job.key, {JobStatus.STARTED}, write)
     if status is not None:
@@ -83,7 +123,7 @@ def record_canceled(worker: SlotWorker, job: Job, execution: Execution | None) -
 
 
 def record_failure(
-    worker: SlotWorker,
+    worker: Recorder,
     job: Job,
     execution: Execution | None,
     exc_string: str,
@@ -116,6 +156,7 @@ def record_failure(
         worker.increment_failed_job_count(pipe)
         if job.started_at is not None:
             worker.increment_total_working_time(job.ended_at - job.started_at, pipe)  # type: ignore[operator]
+        worker.note_end(job, pipe)
 
     status = transition(worker.connection, job.key, expected, write)
     if status is not None:

@@ -7,6 +7,11 @@ leaves, the load is aborted for everyone waiting on it. So the worker never lets
 load. It takes jobs only for the model it has loaded itself (a preload, tied to no client),
 and switches deliberately: stop taking the old model's jobs, let the running ones finish,
 unload it (`keep_alive: 0`), load the new one, then serve it. `routing.choose_switch` decides when.
+
+Ollama's /api/ps can be slow (it waits while a load runs, server/sched.go loadedModels) and its
+answer stale by the time it arrives: a model that our jobs used meanwhile is loaded whatever it
+said, and while jobs run the model is not asked about at all. A model Ollama really dropped is
+loaded again without draining anything (nothing runs then), and job intake never waits on a ps.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from common import fleet, keys
 from common.errors import BackendError
 from common.fleet import WorkerRecord
 from common.settings import Settings
+from worker.claim import SwitchClaim
 from worker.ollama_admin import OllamaAdmin, normalize_tag
 from worker.routing import Waiting, choose_switch
 from worker.slots import DEQUEUE_TIMEOUT_S, SlotWorker
@@ -35,8 +41,6 @@ logger = logging.getLogger(__name__)
 TICK_S = 0.25
 UNLOAD_WAIT_S = 60.0
 RETRY_FAILED_LOAD_S = 30.0
-# A claim outlives a normal switch; the worker's announcement of the loaded model takes over.
-CLAIM_TTL_S = 120
 # How often the schedule checks that Ollama still holds the model it serves.
 CHECK_LOADED_S = 5.0
 
@@ -58,6 +62,7 @@ class ModelSchedule:
         self.cost_s: dict[str, float] = {}
         self._failed_until: dict[str, float] = {}
         self._next_check = 0.0
+        self._claim: SwitchClaim | None = None
         self._thread = threading.Thread(target=self._run, name="model-schedule", daemon=True)
 
     def served(self) -> list[str]:
@@ -68,6 +73,8 @@ class ModelSchedule:
         """Begin scheduling `worker`'s queues (after the first model was loaded, if any)."""
         self.worker = worker
         self._serve_current()
+        if self.current is not None:
+            self._check_offload(self.current)
         self._thread.start()
 
     def load(self, model_id: str) -> bool:
@@ -94,7 +101,6 @@ class ModelSchedule:
         fit.loaded = True
         self.current, self.since = model_id, time.monotonic()
         logger.info("loaded %s in %.1f s", model_id, took)
-        self._check_offload(model_id)
         return True
 
     def _preload(self, tag: str, num_ctx: int) -> None:
@@ -111,6 +117,7 @@ class ModelSchedule:
         helper = threading.Thread(target=call, name="model-load", daemon=True)
         helper.start()
         while helper.is_alive():
+            self._keep_claim()
             if self.stop.wait(0.2):
                 raise BackendError(f"loading {tag!r} abandoned: the worker is stopping", reason="shutdown")
         if outcome and outcome[0] is not None:
@@ -148,17 +155,35 @@ class ModelSchedule:
         warm = {m for m in served if any(o.serves(m) and (o.models[m].loaded or o.loading == m) for o in others)}
         switch = choose_switch(self.current, now - self.since, worker.busy, queues, self.cost_s, warm,
                                self.settings.model_hold_s)  # fmt: skip
-        if switch is not None and self._claim(switch.model):
-            try:
-                self._switch(worker, switch.model, switch.reason)
-            finally:
-                self.redis.delete(keys.model_claim(switch.model))
+        if switch is None:
+            return
+        claim = SwitchClaim(self.redis, switch.model, self.record.name)
+        if not claim.acquire():
+            return
+        self.record.loading = switch.model
+        fleet.announce(self.redis, self.record)  # the others see it loading here at once
+        self._claim = claim
+        try:
+            self._switch(worker, switch.model, switch.reason)
+        finally:
+            self._claim = None
+            if not claim.release():
+                logger.warning("model switch to %s: its claim had expired", switch.model)
+
+    def _keep_claim(self) -> None:
+        """Refresh the claim of the switch under way, if any (called while it waits)."""
+        if self._claim is not None:
+            self._claim.keep()
 
     def _reload_if_gone(self, worker: SlotWorker, model_id: str) -> None:
         """Load the current model again if Ollama dropped it (keep-alive ran out, Ollama restarted).
 
         Else the next job would make Ollama load it, and that load would belong to the job's client.
+        Only asked while no job runs: a model our jobs use (streaming, or loading for them) is held.
         """
+        if worker.busy:
+            return
+        taken = worker.taken_total
         try:
             loaded = self.admin.ps()
         except BackendError as exc:
@@ -166,19 +191,20 @@ class ModelSchedule:
             return
         if normalize_tag(self.record.models[model_id].tag) in loaded:
             return
+        if worker.busy or worker.taken_total != taken:
+            return  # jobs ran while /api/ps answered: its answer is stale, and the model in use
         logger.warning("Ollama no longer holds %s (keep-alive ran out or Ollama restarted); loading it again",
                        model_id)  # fmt: skip
         self.record.models[model_id].loaded = False
-        self.current = None
-        self._switch(worker, model_id, "Ollama dropped it")
+        self._reload(worker, model_id)
 
-    def _claim(self, model_id: str) -> bool:
-        """Take the right to switch to a model, so two idle GPUs don't both switch to it at once."""
-        claimed = self.redis.set(keys.model_claim(model_id), self.record.name, nx=True, ex=CLAIM_TTL_S)
-        if claimed:
-            self.record.loading = model_id
-            fleet.announce(self.redis, self.record)  # the others see it loading here at once
-        return bool(claimed)
+    def _reload(self, worker: SlotWorker, model_id: str) -> None:
+        """Load the model it serves again: intake paused for the load (so no job starts it), nothing drained."""
+        worker.set_queue_order([])
+        self.record.listening = []
+        self.current = None
+        self.load(model_id)
+        self._serve_current()
 
     def _queues(self, served: list[str]) -> dict[str, Waiting]:
         """Each model's queued jobs and the age of its oldest (from RQ's enqueued_at)."""
@@ -216,7 +242,7 @@ class ModelSchedule:
         if was_listening:
             self.stop.wait(DEQUEUE_TIMEOUT_S + 0.5)
         while worker.busy and not self.stop.wait(0.05):
-            pass
+            self._keep_claim()
         if self.stop.is_set():
             return
         if old is not None:
@@ -229,6 +255,8 @@ class ModelSchedule:
                 self._note_cost(model_id, took)  # the whole switch: drain, unload and load
             logger.info("model switch: %s → %s done in %.1f s", old or "nothing", model_id, took)
         self._serve_current()
+        if self.current is not None:
+            self._check_offload(self.current)  # after intake resumed: /api/ps may be slow
 
     def _unload(self, model_id: str) -> None:
         fit = self.record.models[model_id]
@@ -236,6 +264,7 @@ class ModelSchedule:
             self.admin.unload(fit.tag)
             deadline = time.monotonic() + UNLOAD_WAIT_S
             while normalize_tag(fit.tag) in self.admin.ps() and time.monotonic() < deadline:
+                self._keep_claim()
                 if self.stop.wait(0.1):
                     break
         except BackendError as exc:
