@@ -67,6 +67,11 @@ class ActiveJobs:
         with self._lock:
             self._handles.pop(job_id, None)
 
+    def holds(self, job_id: str) -> bool:
+        """Whether the job runs here now (taken, its engine call started or about to)."""
+        with self._lock:
+            return job_id in self._handles
+
     def cancel(self, job_id: str, reason: str) -> bool:
         """Cancel a job if it runs here (True), else remember the cancel for a while."""
         now = time.monotonic()

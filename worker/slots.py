@@ -188,8 +188,10 @@ class SlotWorker(BaseWorker):
         """RQ's worker commands; `stop-job` names a job, and this worker runs several at once."""
         payload = parse_payload(message)
         if payload.get("command") == "stop-job":
-            job_id = payload.get("job_id")
-            if job_id is not None and any(e.job_id == job_id for e in list(self.executions.values())):
+            job_id = str(payload.get("job_id"))
+            # Taken here counts, even while its start is being recorded (RQ already shows it started).
+            ours = self.active.holds(job_id) or any(e.job_id == job_id for e in list(self.executions.values()))
+            if ours:
                 self._runner.stopped_ids.add(job_id)
                 self.active.cancel(job_id, STOPPED_BY_OPERATOR)
             else:
