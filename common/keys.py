@@ -51,3 +51,13 @@ def prompt_retention() -> str:
 def model_claim(model_id: str) -> str:
     """Held (with a TTL) by the worker switching its GPU to a model, so two GPUs don't both switch."""
     return f"{PREFIX}:claim:{model_id}"
+
+
+def live_runner_lease(label: str) -> str:
+    """Held (with a TTL) by the one web process that heartbeats a live-runner registration."""
+    return f"{PREFIX}:liverunner:{label}:lease"
+
+
+def live_runner_state(label: str) -> str:
+    """A live-runner registration's orchestrator credentials (JSON), so another holder carries it on."""
+    return f"{PREFIX}:liverunner:{label}:state"

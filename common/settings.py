@@ -14,6 +14,7 @@ from common.version import SEMVER, __version__
 
 KV_TYPES = ("F16", "Q8_0", "Q4_0")
 # Ollama accepts keep_alive as a number of seconds or as a Go duration string.
+_LABEL = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _GO_DURATION = re.compile(r"^-?(\d+(\.\d+)?(ns|us|µs|ms|s|m|h))+$")
 
 
@@ -73,11 +74,25 @@ class Settings:
     log_level: str = "INFO"
     # What /version reports: ours, or the operator's (VERSION, as Livepeer's reference runner).
     version: str = __version__
+    # go-livepeer's live runners (docs/live-runner.md): the orchestrator to register with (its
+    # -liveRunnerAddr, else its service address) and its -orchSecret (both, or neither: no dynamic
+    # registration); this runner's URL as the orchestrator reaches it (None: http://<hostname>:PORT);
+    # the label each model's registration starts with; the USD price of one request.
+    live_runner_orch_url: str | None = None
+    live_runner_secret: str | None = None
+    live_runner_url: str | None = None
+    live_runner_label: str = "llm-runner"
+    live_runner_price_usd: float = 0.0
 
     @property
     def default_model(self) -> ModelSpec:
         """The model used when a request's `model` is empty: the first of MODELS."""
         return self.models[0]
+
+    @property
+    def live_runner_dynamic(self) -> bool:
+        """Whether the web registers itself with an orchestrator's live-runner registry."""
+        return self.live_runner_orch_url is not None and self.live_runner_secret is not None
 
     def model(self, model_id: str) -> ModelSpec | None:
         """The configured model with this id, or None."""
@@ -102,6 +117,13 @@ class Settings:
             openai_base_url = env.url("OPENAI_BASE_URL", "", schemes=("http", "https")).rstrip("/")
         # SLOTS, else OLLAMA_NUM_PARALLEL (the Ollama setting it mirrors), else 1.
         slots = env.integer("OLLAMA_NUM_PARALLEL", cls.slots, low=1, high=1024)
+        live_orch = env.optional_url("LIVE_RUNNER_ORCH_URL", schemes=("http", "https"))
+        live_secret = env.text("LIVE_RUNNER_SECRET") or None
+        if (live_orch is None) != (live_secret is None):
+            missing = "LIVE_RUNNER_SECRET" if live_secret is None else "LIVE_RUNNER_ORCH_URL"
+            given = "LIVE_RUNNER_ORCH_URL" if live_secret is None else "LIVE_RUNNER_SECRET"
+            raise ConfigError(f"{missing}: required with {given} (the orchestrator's URL and its -orchSecret "
+                              "register this runner together)")  # fmt: skip
         return cls(
             redis_url=env.url("REDIS_URL", cls.redis_url, schemes=("redis", "rediss", "unix")),
             port=env.integer("PORT", cls.port, low=1, high=65535),
@@ -141,6 +163,11 @@ class Settings:
             send_timeout_s=env.number("SEND_TIMEOUT_S", cls.send_timeout_s, low=0.1),
             log_level=env.choice("LOG_LEVEL", cls.log_level, ("DEBUG", "INFO", "WARNING", "ERROR")),
             version=env.semver("VERSION", cls.version),
+            live_runner_orch_url=live_orch,
+            live_runner_secret=live_secret,
+            live_runner_url=env.optional_url("LIVE_RUNNER_URL", schemes=("http", "https")),
+            live_runner_label=env.label("LIVE_RUNNER_LABEL", cls.live_runner_label),
+            live_runner_price_usd=env.price("LIVE_RUNNER_PRICE_USD", cls.live_runner_price_usd),
         )
 
 
@@ -217,6 +244,30 @@ class _Env:
         if parts.scheme not in schemes or not (parts.netloc or parts.scheme == "unix"):
             raise ConfigError(f"{name}: expected a {'/'.join(schemes)}:// URL, got {raw!r}")
         return raw
+
+    def optional_url(self, name: str, *, schemes: tuple[str, ...]) -> str | None:
+        """A URL without its trailing slash, or None when unset."""
+        return self.url(name, "", schemes=schemes).rstrip("/") if self.text(name) else None
+
+    def label(self, name: str, default: str) -> str:
+        """A name that fits in one URL path segment (letters, digits, `.`, `_`, `-`)."""
+        raw = self.text(name) or default
+        if not _LABEL.match(raw):
+            raise ConfigError(f"{name}: expected letters, digits, '.', '_' or '-' only, got {raw!r}")
+        return raw
+
+    def price(self, name: str, default: float) -> float:
+        """A price in USD: a finite number, zero or more."""
+        raw = self.text(name)
+        if not raw:
+            return default
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ConfigError(f"{name}: expected a price in USD such as 0.002, got {raw!r}") from None
+        if not 0.0 <= value < float("inf"):
+            raise ConfigError(f"{name}: expected a finite price of 0 or more, got {raw!r}")
+        return value
 
     def keep_alive(self, name: str, default: int | str) -> int | str:
         raw = self.text(name)
