@@ -101,7 +101,10 @@ def post_worker_init(worker: Any) -> None:
 
     from web.live_runner import LiveRunners
 
-    LiveRunners.start(worker.wsgi)  # registration with go-livepeer's live-runner registry, if configured
+    # Registration with go-livepeer's live-runner registry, if configured; never by a worker told to
+    # stop while it booted (it would take a registration over only to hand it back).
+    if worker.alive:
+        LiveRunners.start(worker.wsgi)
 
 
 def worker_exit(server: Any, worker: Any) -> None:

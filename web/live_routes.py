@@ -30,13 +30,14 @@ READY_ENDPOINT = "live_runner.ready"
 _SHOWN_CHARS = 80
 
 
-def readiness(rt: Runtime, model_id: str | None) -> tuple[bool, str]:
-    """Whether this process serves the model (every model without one) now, and why not."""
+def readiness(rt: Runtime, model_id: str | None, *, fresh: bool = True) -> tuple[bool, str]:
+    """Whether this process serves the model (every model without one) now, and why not; the fleet
+    read afresh unless `fresh` is false (then up to a second old)."""
     if rt.draining_since is not None:
         return False, "this web process is shutting down"
     if not rt.hub.running(timeout=1.0):
         return False, "this web process cannot follow jobs (no event subscription to Redis)"
-    reason = unready_reason(rt.fleet.view_or_none(), rt.settings, model_id)
+    reason = unready_reason(rt.fleet.view_or_none(fresh=fresh), rt.settings, model_id)
     return not reason, reason
 
 

@@ -110,7 +110,7 @@ class RegistrationLoop:
             self.credentials = self.lease.load(self.client.orch_url)
             logger.info("%s: this web process (%s) now heartbeats the registration%s", self.label, self.lease.owner,
                         f" of runner {self.credentials.runner_id}" if self.credentials else "")  # fmt: skip
-        ready, _ = readiness(self.rt, self.model_id)
+        ready, _ = readiness(self.rt, self.model_id, fresh=False)
         body = heartbeat_body(
             self.rt.settings, self.rt.fleet.view_or_none(), self.model_id, base_url=self.base_url, label=self.label,
             price_usd=self.rt.settings.live_runner_price_usd, ready=ready,
@@ -220,6 +220,7 @@ class LiveRunners:
         base_url = settings.live_runner_url or f"http://{socket.gethostname()}:{port}"
         owner = f"{socket.gethostname()}:{os.getpid()}:{rt.web_id}"
         self.rt = rt
+        self.started = False
         self.client = OrchestratorClient(settings.live_runner_orch_url)
         self.loops = [RegistrationLoop(rt, self.client, m.model_id, base_url, owner) for m in settings.models]
 
@@ -234,16 +235,19 @@ class LiveRunners:
     def start(app: Flask) -> None:
         """Start the loops of this process, if configured."""
         live: LiveRunners | None = app.extensions.get(EXTENSION)
-        if live is not None:
+        if live is not None and not live.started:
+            live.started = True
             for loop in live.loops:
                 start_supervised(f"live-runner:{loop.label}", loop.run, stop=loop.stopped)
+            logger.info("live-runner registration loops started for %s with %s (one web process heartbeats each)",
+                        ", ".join(loop.label for loop in live.loops), live.client.orch_url)  # fmt: skip
 
     @staticmethod
     def finish(app: Flask, timeout_s: float) -> None:
         """Stop the loops (handing over or unregistering) and wait for them, at most `timeout_s`."""
         live: LiveRunners | None = app.extensions.get(EXTENSION)
-        if live is None:
-            return
+        if live is None or not live.started:
+            return  # never started (a worker told to stop while it booted): nothing to hand over
         live.rt.drain()
         deadline = time.monotonic() + timeout_s
         for loop in live.loops:
