@@ -111,7 +111,8 @@ def test_static_registration_from_the_cli_is_polled_reserved_and_proxied(
     )
     # Each request reserved its own session; the web logged it beside the job it placed (never the token).
     sessions = [e["session_id"] for e in orch.registry.of_kind("reserved")]
-    assert len(sessions) == 2 and len(orch.registry.of_kind("released")) == 2
+    assert len(sessions) == 2
+    orch.registry.wait_for(lambda ev: len(orch.registry.of_kind("released")) == 2, 10, "both sessions released")
     wait_until(
         lambda: all(f"live-runner session {s} (route {LABEL})" in web.output() for s in sessions), 5, "session logs"
     )
