@@ -185,6 +185,14 @@ def test_a_request_beyond_capacity_is_refused_by_the_orchestrator_while_a_stream
     assert requests.post(found["url"] + route, json=body(), timeout=30).status_code == 200
 
 
+def wait_for_replacement(web: Process, survivor: int) -> None:
+    """gunicorn replaces a worker that stopped: let the new one finish booting, or the stack's own
+    SIGTERM could reach it before it handles signals (gunicorn then kills it after its graceful timeout)."""
+    children = psutil.Process(web.pid).children
+    others = wait_until(lambda: [p.pid for p in children() if p.pid != survivor], 20, "a new worker")
+    wait_until(lambda: f"[{others[0]}]: live-runner registration loops started" in web.output(), 20, "its boot")
+
+
 def registrations(orch: FakeOrchestrator) -> int:
     return len(orch.registry.of_kind("registered", runner_id=LABEL))
 
@@ -264,11 +272,30 @@ def test_one_web_process_heartbeats_and_hands_over_when_it_stops(
                            "a heartbeat from the new holder")  # fmt: skip
     assert registrations(orch) == 1 and not orch.registry.of_kind("unregister") and discovered(orch)
     assert f"[{holder}]: {LABEL}: registration handed over to" in web.output()
-    # gunicorn replaced the stopped worker: let it finish booting, or the stack's own SIGTERM could
-    # reach it before it handles signals (gunicorn then kills it after its graceful timeout).
-    survivor = int(new_holder.split(":")[1])
-    others = wait_until(
-        lambda: [p.pid for p in psutil.Process(web.pid).children() if p.pid != survivor], 20, "a new worker"
-    )
-    replacement = others[0]
-    wait_until(lambda: f"[{replacement}]: live-runner registration loops started" in web.output(), 20, "its boot")
+    wait_for_replacement(web, survivor=int(new_holder.split(":")[1]))
+
+
+def test_a_killed_holder_is_taken_over_before_the_orchestrator_drops_the_runner(
+    stack: Stack, fake_ollama: FakeOllama
+) -> None:
+    # A TTL the takeover must beat: the lease lapses after half of what is left of it past an interval.
+    with FakeOrchestrator(orch_secret=SECRET, heartbeat_interval=INTERVAL_S, heartbeat_ttl=8.0) as orch:
+        start_worker(stack, fake_ollama)
+        web = start_dynamic_web(stack, orch, WEB_CONCURRENCY=2)
+        wait_until(lambda: discovered(orch), 15, "the runner registered")
+        redis = Redis.from_url(stack.redis_url)
+        lease = f"llmrunner:liverunner:{LABEL}:lease"
+        holder = int(redis.get(lease).decode().split(":")[1])  # type: ignore[union-attr]
+        psutil.Process(holder).kill()  # kill -9: the lease is left to lapse
+        killed_at = time.monotonic()
+
+        def other_holder() -> bytes | None:
+            raw = redis.get(lease)
+            return raw if raw is not None and int(raw.decode().split(":")[1]) != holder else None
+
+        new_holder = wait_until(other_holder, 15, "another process holding the lease")
+        orch.registry.wait_for(lambda ev: [e for e in orch.registry.of_kind("heartbeat") if e["at"] > killed_at],
+                               10, "a heartbeat from the new holder")  # fmt: skip
+        # The same registration carried on with the stored secret: never dropped, never registered twice.
+        assert registrations(orch) == 1 and not orch.registry.of_kind("removed") and discovered(orch)
+        wait_for_replacement(web, survivor=int(new_holder.decode().split(":")[1]))
