@@ -160,7 +160,8 @@ class RegistrationLoop:
     def _accept(self, answer: OrchAnswer, body: dict[str, Any], previous: Credentials | None) -> bool:
         """Take a heartbeat's answer; whether the orchestrator accepted it."""
         if answer.status != 200:
-            hint = " (-useLiveRunners and -orchSecret on the orchestrator?)" if answer.status == 404 else ""
+            disabled = "disabled" in answer.message  # live_runner.go Heartbeat: no -orchSecret on the orchestrator
+            hint = " (give the orchestrator -useLiveRunners and -orchSecret)" if disabled else ""
             self._problem(f"the orchestrator answered {answer.status}: {answer.message}{hint}")
             return False
         try:
