@@ -197,3 +197,24 @@ def test_one_process_holds_a_registration_and_only_it_writes_the_credentials(red
     assert b.hold(2.0) and b.load("http://orch") == credentials  # the next holder carries the registration on
     assert 0 < redis.pttl("llmrunner:liverunner:farm-x:state") <= 20_000
     assert b.forget() and b.load("http://orch") is None
+
+
+# ------------------------------------------------------------------------------ the CLI and the proxy model
+def test_the_cli_refuses_bad_prices_and_labels() -> None:
+    from ops.cli import build_parser
+
+    args = build_parser().parse_args(["liverunner", "--price", f"{QWEN}=0.5", "--price-usd", "0.1", "--label", "eu-1"])
+    assert (args.price, args.price_usd, args.label, args.routing) == ([(QWEN, 0.5)], 0.1, "eu-1", "label")
+    for bad in (["--price", "0.5"], ["--price", f"{QWEN}=-1"], ["--price-usd", "free"], ["--label", "a/b"],
+                ["--routing", "random"]):  # fmt: skip
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["liverunner", *bad])
+
+
+def test_the_proxy_appends_the_app_path_as_go_joins_paths() -> None:
+    from tests.golivepeer_live_http import join_path
+
+    # url.JoinPath("/", target.Path, appPath): cleaned, one trailing slash kept
+    assert join_path(f"/{LLAMA}", "v1/chat/completions") == f"/{LLAMA}/v1/chat/completions"
+    assert join_path("", "") == "/" and join_path("/", "llm") == "/llm"
+    assert join_path("/a/", "b/") == "/a/b/" and join_path("/a", "../x//y/./z") == "/x/y/z"
