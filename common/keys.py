@@ -61,3 +61,13 @@ def take_token(worker_name: str, token: str) -> str:
 def prompt_sweep_lock() -> str:
     """Held (with a TTL) by the one worker sweeping expired prompts for the whole fleet."""
     return f"{PREFIX}:prompts:sweeper"
+
+
+def live_runner_lease(label: str) -> str:
+    """Held (with a TTL) by the one web process that heartbeats a live-runner registration."""
+    return f"{PREFIX}:liverunner:{label}:lease"
+
+
+def live_runner_state(label: str) -> str:
+    """A live-runner registration's orchestrator credentials (JSON), so another holder carries it on."""
+    return f"{PREFIX}:liverunner:{label}:state"

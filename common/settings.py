@@ -2,23 +2,19 @@
 
 from __future__ import annotations
 
-import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
-from urllib.parse import urlsplit
 
+from common.env import Env
 from common.errors import ConfigError
 from common.models import DEFAULT_MODELS, ModelSpec, parse_models
-from common.version import SEMVER, __version__
+from common.version import __version__
 
 KV_TYPES = ("F16", "Q8_0", "Q4_0")
 # What an OpenAI-compatible engine is (OPENAI_ENGINE): it decides how an answer is continued and
 # which extra requests the worker may send it. AUTO reads it from /v1/models (`owned_by`).
 OPENAI_ENGINES = ("AUTO", "VLLM", "SGLANG", "LLAMA.CPP", "LLAMA-CPP-PYTHON", "OTHER")
-# Ollama accepts keep_alive as a number of seconds or as a Go duration string.
-_GO_DURATION = re.compile(r"^-?(\d+(\.\d+)?(ns|us|µs|ms|s|m|h))+$")
 
 
 @dataclass(frozen=True)
@@ -80,11 +76,25 @@ class Settings:
     log_level: str = "INFO"
     # What /version reports: ours, or the operator's (VERSION, as Livepeer's reference runner).
     version: str = __version__
+    # go-livepeer's live runners (docs/live-runner.md): the orchestrator to register with (its
+    # -liveRunnerAddr, else its service address) and its -orchSecret (both, or neither: no dynamic
+    # registration); this runner's URL as the orchestrator reaches it (None: http://<hostname>:PORT);
+    # the label each model's registration starts with; the USD price of one request.
+    live_runner_orch_url: str | None = None
+    live_runner_secret: str | None = None
+    live_runner_url: str | None = None
+    live_runner_label: str = "llm-runner"
+    live_runner_price_usd: float = 0.0
 
     @property
     def default_model(self) -> ModelSpec:
         """The model used when a request's `model` is empty: the first of MODELS."""
         return self.models[0]
+
+    @property
+    def live_runner_dynamic(self) -> bool:
+        """Whether the web registers itself with an orchestrator's live-runner registry."""
+        return self.live_runner_orch_url is not None and self.live_runner_secret is not None
 
     def model(self, model_id: str) -> ModelSpec | None:
         """The configured model with this id, or None."""
@@ -102,13 +112,20 @@ class Settings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
         """Read every setting from `environ`; a bad value raises ConfigError naming its variable."""
-        env = _Env(environ)
+        env = Env(environ)
         backend = env.choice("BACKEND", cls.backend.upper(), ("OLLAMA", "OPENAI")).lower()
         openai_base_url = env.text("OPENAI_BASE_URL") or None
         if openai_base_url is not None:
             openai_base_url = env.url("OPENAI_BASE_URL", "", schemes=("http", "https")).rstrip("/")
         # SLOTS, else OLLAMA_NUM_PARALLEL (the Ollama setting it mirrors), else 1.
         slots = env.integer("OLLAMA_NUM_PARALLEL", cls.slots, low=1, high=1024)
+        live_orch = env.optional_url("LIVE_RUNNER_ORCH_URL", schemes=("http", "https"))
+        live_secret = env.text("LIVE_RUNNER_SECRET") or None
+        if (live_orch is None) != (live_secret is None):
+            missing = "LIVE_RUNNER_SECRET" if live_secret is None else "LIVE_RUNNER_ORCH_URL"
+            given = "LIVE_RUNNER_ORCH_URL" if live_secret is None else "LIVE_RUNNER_SECRET"
+            raise ConfigError(f"{missing}: required with {given} (the orchestrator's URL and its -orchSecret "
+                              "register this runner together)")  # fmt: skip
         return cls(
             redis_url=env.url("REDIS_URL", cls.redis_url, schemes=("redis", "rediss", "unix")),
             port=env.integer("PORT", cls.port, low=1, high=65535),
@@ -150,104 +167,9 @@ class Settings:
             send_timeout_s=env.number("SEND_TIMEOUT_S", cls.send_timeout_s, low=0.1),
             log_level=env.choice("LOG_LEVEL", cls.log_level, ("DEBUG", "INFO", "WARNING", "ERROR")),
             version=env.semver("VERSION", cls.version),
+            live_runner_orch_url=live_orch,
+            live_runner_secret=live_secret,
+            live_runner_url=env.optional_url("LIVE_RUNNER_URL", schemes=("http", "https")),
+            live_runner_label=env.label("LIVE_RUNNER_LABEL", cls.live_runner_label),
+            live_runner_price_usd=env.price("LIVE_RUNNER_PRICE_USD", cls.live_runner_price_usd),
         )
-
-
-class _Env:
-    """Typed readers over an environment mapping; each failure names the variable."""
-
-    def __init__(self, environ: Mapping[str, str]) -> None:
-        self._environ = environ
-
-    def text(self, name: str) -> str:
-        return self._environ.get(name, "").strip()
-
-    def integer(self, name: str, default: int, *, low: int | None = None, high: int | None = None) -> int:
-        value = self.optional_integer(name, low=low, high=high)
-        return default if value is None else value
-
-    def optional_integer(self, name: str, *, low: int | None = None, high: int | None = None) -> int | None:
-        raw = self.text(name)
-        if not raw:
-            return None
-        try:
-            value = int(raw)
-        except ValueError:
-            raise ConfigError(f"{name}: expected a whole number, got {raw!r}") from None
-        _check_range(name, value, low, high)
-        return value
-
-    def number(self, name: str, default: float, *, low: float | None = None) -> float:
-        raw = self.text(name)
-        if not raw:
-            return default
-        try:
-            value = float(raw)
-        except ValueError:
-            raise ConfigError(f"{name}: expected a number of seconds, got {raw!r}") from None
-        if value != value or value in (float("inf"), float("-inf")):
-            raise ConfigError(f"{name}: expected a finite number, got {raw!r}")
-        _check_range(name, value, low, None)
-        return value
-
-    def boolean(self, name: str, default: bool) -> bool:
-        value = self.optional_boolean(name)
-        return default if value is None else value
-
-    def optional_boolean(self, name: str) -> bool | None:
-        raw = self.text(name).lower()
-        if not raw:
-            return None
-        if raw in ("1", "true", "yes", "on"):
-            return True
-        if raw in ("0", "false", "no", "off"):
-            return False
-        raise ConfigError(f"{name}: expected true or false, got {raw!r}")
-
-    def choice(self, name: str, default: str, options: tuple[str, ...]) -> str:
-        raw = self.text(name).upper()
-        if not raw:
-            return default
-        if raw not in options:
-            raise ConfigError(f"{name}: expected one of {', '.join(options)}, got {raw!r}")
-        return raw
-
-    def semver(self, name: str, default: str) -> str:
-        raw = self.text(name)
-        if not raw:
-            return default
-        if not SEMVER.match(raw):
-            raise ConfigError(f"{name}: expected a semantic version such as 0.14.2, got {raw!r}")
-        return raw
-
-    def url(self, name: str, default: str, *, schemes: tuple[str, ...]) -> str:
-        raw = self.text(name) or default
-        parts = urlsplit(raw)
-        if parts.scheme not in schemes or not (parts.netloc or parts.scheme == "unix"):
-            raise ConfigError(f"{name}: expected a {'/'.join(schemes)}:// URL, got {raw!r}")
-        return raw
-
-    def file(self, name: str) -> str | None:
-        raw = self.text(name)
-        if raw and not os.path.isfile(raw):
-            raise ConfigError(f"{name}: no such file: {raw!r}")
-        return raw or None
-
-    def keep_alive(self, name: str, default: int | str) -> int | str:
-        raw = self.text(name)
-        if not raw:
-            return default
-        try:
-            return int(raw)
-        except ValueError:
-            pass
-        if not _GO_DURATION.match(raw):
-            raise ConfigError(f"{name}: expected seconds (e.g. 300, -1) or a duration (e.g. 10m, 24h), got {raw!r}")
-        return raw
-
-
-def _check_range(name: str, value: float, low: float | None, high: float | None) -> None:
-    if low is not None and value < low:
-        raise ConfigError(f"{name}: must be at least {low:g}, got {value:g}")
-    if high is not None and value > high:
-        raise ConfigError(f"{name}: must be at most {high:g}, got {value:g}")

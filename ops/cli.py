@@ -10,7 +10,7 @@ import sys
 from common.errors import ConfigError
 from common.logs import configure_logging
 from common.settings import Settings
-from ops import commands, compose, serve
+from ops import commands, compose, liverunner, serve
 from ops.compose import parse_gpus
 from ops.secrets_file import shown_url
 from ops.supervise import (
@@ -143,6 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="price of one model in USD per million tokens (repeatable)")  # fmt: skip
     ai.add_argument("--cold", action="store_true", help="mark the models warm=false")
     ai.set_defaults(func=cmd_aimodels)
+    liverunner.add_parser(sub)
     return parser
 
 

@@ -111,9 +111,9 @@ class Stack:
         self.processes.append(proc)
         return proc
 
-    def start_web(self, **env: Any) -> Process:
-        """The Procfile's `llm-runner web` on a free port; waits until /health answers."""
-        port = free_port()
+    def start_web(self, *, port: int | None = None, **env: Any) -> Process:
+        """The Procfile's `llm-runner web` on `port` (default: a free one); waits until /health answers."""
+        port = port or free_port()
         argv = [sys.executable, "-m", "ops", "web"]
         proc = self.spawn("web", argv, self.env(PORT=port, **env))
         self.web_url = f"http://127.0.0.1:{port}"

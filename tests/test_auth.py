@@ -1,4 +1,4 @@
-"""With AUTH_TOKEN set, every route but /health answers 401 without the bearer token (real gunicorn)."""
+"""With AUTH_TOKEN set, every route but /health and /ready answers 401 without the bearer token (real gunicorn)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from tests.client import call
 from tests.contract import validate
 from tests.stack import Stack
 from web.app import build_app
+from web.auth import OPEN_ENDPOINTS
 
 TOKEN = "auth-token-for-tests"
 METRICS_TOKEN = "metrics-token-for-tests"
@@ -47,8 +48,8 @@ def test_every_route_but_health_needs_the_token(web: str) -> None:
     checked = 0
     for method, path, endpoint in ROUTES:
         url = f"{web}{path}"
-        if endpoint == "runner.health":
-            assert call(method, url).status_code == 200, path
+        if endpoint in OPEN_ENDPOINTS:  # /health, and /ready (503: no worker serves the model here)
+            assert call(method, url).status_code == (200 if endpoint == "runner.health" else 503), path
             continue
         body = {"json": {"messages": [{"role": "user", "content": "hi"}]}} if method == "POST" else {}
         for token in (None, "wrong", f"{TOKEN}x", METRICS_TOKEN if endpoint != "runner.prometheus_metrics" else None):

