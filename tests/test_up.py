@@ -30,6 +30,13 @@ def readme_curl(port: int) -> str:
     return f"""curl -N localhost:{port}/llm -d '{{"messages":[{{"role":"user","content":"Hi"}}],"stream":true}}'"""
 
 
+def remove_state_dir(log: Path) -> None:
+    """Remove the private directory `up` kept its embedded services' files in (it keeps them for the operator)."""
+    found = re.search(r"started redis .*its output goes to (\S+)/redis\.log$", log.read_text(), re.M)
+    if found:
+        shutil.rmtree(found.group(1), ignore_errors=True)
+
+
 def printed(log: Path, line: str, timeout: float = 10.0) -> str:
     """What `up` has printed once `line` is among it."""
     return wait_until(lambda: text if line in (text := log.read_text()) else None, timeout, repr(line))
@@ -88,6 +95,7 @@ def test_up_runs_the_whole_stack_and_stops_it(tmp_path: Path, fake_ollama: FakeO
     finally:
         up.send_signal(signal.SIGTERM)
         code = up.wait(timeout=40)
+        remove_state_dir(log)
     assert code == 0, log.read_text()
     assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
     assert "could not deregister" not in log.read_text(), "the worker outlived its Redis"
@@ -134,6 +142,7 @@ def test_up_without_an_engine_serves_real_tokens_from_the_embedded_one(tmp_path:
     finally:
         up.send_signal(signal.SIGTERM)
         code = up.wait(timeout=60)
+        remove_state_dir(log)
     assert code == 0, log.read_text()
     assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
 
