@@ -6,12 +6,16 @@ import argparse
 import logging
 import os
 import sys
+import tempfile
+import threading
+from pathlib import Path
 
 from common.errors import ConfigError
 from common.logs import configure_logging
 from common.settings import Settings
 from ops import commands, compose, liverunner, serve
 from ops.compose import parse_gpus
+from ops.ready import announce_when_ready
 from ops.secrets_file import shown_url
 from ops.supervise import (
     Proc,
@@ -39,29 +43,46 @@ def _gpus(value: str) -> list[int]:
 def _worker_procs(env: dict[str, str], args: argparse.Namespace) -> list[Proc]:
     urls = [u.strip() for u in (args.ollama_urls or env.get("OLLAMA_URL", Settings.ollama_url)).split(",")]
     envs = gpu_worker_envs(env, args.gpus, urls)
-    return [Proc(f"worker-gpu{e['GPU_INDEX']}", worker_command(), e) for e in envs]
+    procs = []
+    for e in envs:
+        engine = e.get("OPENAI_BASE_URL") if e.get("BACKEND", "").lower() == "openai" else e["OLLAMA_URL"]
+        about = f"the worker of GPU {e['GPU_INDEX']}, its engine at {engine}"
+        procs.append(Proc(f"worker-gpu{e['GPU_INDEX']}", worker_command(), e, about=about))
+    return procs
 
 
 def cmd_up(args: argparse.Namespace) -> int:
     """Run Redis (embedded unless REDIS_URL is set), the web front end and one worker per GPU.
 
     With no engine configured or answering on Ollama's default port, the embedded CPU engine
-    (llama-cpp-python serving SmolLM2) is started too, behind one worker.
+    (llama-cpp-python serving SmolLM2) is started too, behind one worker. What the embedded
+    Redis and engine print goes to log files in one private directory, unless --verbose.
     """
     env = dict(os.environ)
     procs: list[Proc] = []
+    state: Path | None = None
     if not env.get("REDIS_URL"):
-        procs.append(embedded_redis(env, args.redis_port))
+        state = Path(tempfile.mkdtemp(prefix="llm-runner-"))
+        procs.append(embedded_redis(env, args.redis_port, workdir=str(state / "redis")))
     if not env.get("OLLAMA_URL") and not env.get("OPENAI_BASE_URL") and not ollama_answers():
+        state = state or Path(tempfile.mkdtemp(prefix="llm-runner-"))
         procs.append(embedded_engine(env))
         args.gpus = args.gpus[:1]
+    if state is not None and not args.verbose:
+        for proc in procs:  # the embedded services: a Redis banner, llama.cpp's whole model dump
+            proc.log = state / f"{proc.name}.log"
     settings = Settings.from_env(env)
-    procs.append(Proc("web", web_command(), env))  # binds PORT, read by web/gunicorn_conf.py
+    web = f"the web front end on http://0.0.0.0:{settings.port} (/health says LOADING until every model is served)"
+    procs.append(Proc("web", web_command(), env, about=web))  # binds PORT, read by web/gunicorn_conf.py
     procs += _worker_procs(env, args)
-    engine = settings.openai_base_url if settings.backend == "openai" else settings.ollama_url
-    logger.info("runner on http://0.0.0.0:%d, Redis %s, %s engine at %s", settings.port, shown_url(env["REDIS_URL"]),
-                settings.backend, engine)  # fmt: skip
-    return Supervisor(procs).run()
+    models = ", ".join(m.model_id for m in settings.models)
+    summary = f"serving {models}, Redis {shown_url(env['REDIS_URL'])}"
+    stop = threading.Event()
+    announce_when_ready(settings.port, summary, auth=settings.auth_token is not None, stop=stop)
+    try:
+        return Supervisor(procs).run()
+    finally:
+        stop.set()
 
 
 def cmd_workers(args: argparse.Namespace) -> int:
@@ -126,6 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
         if name == "up":
             p.add_argument("--redis-port", type=int, help="port of the embedded Redis (default 6379, or a free one)")
+            p.add_argument("-v", "--verbose", action="store_true",
+                           help="show what the embedded Redis and engine print (default: in log files)")  # fmt: skip
     compose.add_parser(sub)
     serve.add_parsers(sub)
     doctor = sub.add_parser("doctor", help="check Redis, workers, Ollamas, GPUs and models; print what to fix")

@@ -6,6 +6,7 @@ import contextlib
 import json
 import sys
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
@@ -18,7 +19,7 @@ from common.settings import Settings
 from common.vram import GIB
 from ops.secrets_file import shown_url
 from worker.gpu import GpuMonitor, list_gpus
-from worker.ollama_admin import OllamaAdmin, normalize_tag
+from worker.ollama_admin import ADMIN_TIMEOUT_S, OllamaAdmin, normalize_tag
 
 PROBE_TIMEOUT_S = 3.0
 
@@ -52,6 +53,26 @@ class Report:
             print(f"       fix: {fix}", file=self.out)
 
 
+@contextlib.contextmanager
+def _ollama(url: str, timeout: float = PROBE_TIMEOUT_S) -> Iterator[OllamaAdmin]:
+    """An Ollama client on a loop thread of its own, closed after use: its aiohttp session would
+    otherwise be reported unclosed ("Unclosed client session") when the command exits."""
+    admin = OllamaAdmin(url, timeout=timeout)
+    try:
+        yield admin
+    finally:
+        admin.http.streams.stop()  # closes the session, then stops the loop
+
+
+def _read_fleet(settings: Settings) -> list[WorkerRecord]:
+    """The fleet's records, on a client closed after the read; RedisError or OSError if unreachable."""
+    redis = make_redis(settings.redis_url, max_connections=4)
+    try:
+        return read_fleet(redis)
+    finally:
+        redis.close()
+
+
 def doctor(settings: Settings, out: TextIO = sys.stdout) -> int:
     """Check Redis, the fleet's workers and their Ollamas, GPUs and every model's fit; 0 if all is well."""
     report = Report(out)
@@ -64,6 +85,8 @@ def doctor(settings: Settings, out: TextIO = sys.stdout) -> int:
     except (RedisError, OSError) as exc:
         report.fail(f"cannot reach Redis at {shown_url(settings.redis_url)}: {exc}", "start Redis or fix REDIS_URL")
         records = None
+    finally:
+        redis.close()
     _check_local(settings, report)
     if records is not None:
         _check_fleet(settings, records, report)
@@ -88,10 +111,10 @@ def _check_local(settings: Settings, report: Report) -> None:
         # server) would interrupt the stream it is generating. Its workers checked it at start.
         report.ok(f"BACKEND=openai: the engine at {settings.openai_base_url} is checked by its workers at start")
         return
-    admin = OllamaAdmin(settings.ollama_url, timeout=PROBE_TIMEOUT_S)
     try:
-        version = admin.version()
-        installed = admin.tags()
+        with _ollama(settings.ollama_url) as admin:
+            version = admin.version()
+            installed = admin.tags()
     except BackendError as exc:
         report.warn(f"Ollama at OLLAMA_URL={settings.ollama_url} does not answer: {exc.msg}",
                     "start Ollama there, or point OLLAMA_URL at it")  # fmt: skip
@@ -167,7 +190,7 @@ def ollama_urls(settings: Settings, explicit: list[str] | None) -> list[str]:
         return explicit
     urls = [settings.ollama_url]
     with contextlib.suppress(RedisError, OSError):
-        records = read_fleet(make_redis(settings.redis_url, max_connections=4))
+        records = _read_fleet(settings)
         urls += [r.ollama_url for r in records if r.backend == "ollama" and r.ollama_url]
     return list(dict.fromkeys(urls))
 
@@ -176,24 +199,30 @@ def pull_models(settings: Settings, urls: list[str], out: TextIO = sys.stdout) -
     """Pull every configured model each Ollama lacks, with progress; 0 if all are installed after."""
     failed = 0
     for url in urls:
-        admin = OllamaAdmin(url)
+        with _ollama(url, ADMIN_TIMEOUT_S) as admin:
+            failed += _pull_missing(settings, admin, url, out)
+    return 1 if failed else 0
+
+
+def _pull_missing(settings: Settings, admin: OllamaAdmin, url: str, out: TextIO) -> int:
+    """Pull the configured models one Ollama lacks; how many could not be pulled (1 if it does not answer)."""
+    try:
+        installed = admin.tags()
+    except BackendError as exc:
+        print(f"{url}: {exc.msg}", file=out)
+        return 1
+    failed = 0
+    for spec in settings.models:
+        if normalize_tag(spec.tag) in installed:
+            print(f"{url}: {spec.tag} already installed", file=out)
+            continue
         try:
-            installed = admin.tags()
+            admin.pull(spec.tag, ProgressBar(f"{url} {spec.tag}", out), stop=threading.Event())
+            print(f"{url}: {spec.tag} pulled", file=out)
         except BackendError as exc:
             print(f"{url}: {exc.msg}", file=out)
             failed += 1
-            continue
-        for spec in settings.models:
-            if normalize_tag(spec.tag) in installed:
-                print(f"{url}: {spec.tag} already installed", file=out)
-                continue
-            try:
-                admin.pull(spec.tag, ProgressBar(f"{url} {spec.tag}", out), stop=threading.Event())
-                print(f"{url}: {spec.tag} pulled", file=out)
-            except BackendError as exc:
-                print(f"{url}: {exc.msg}", file=out)
-                failed += 1
-    return 1 if failed else 0
+    return failed
 
 
 def aimodels(
@@ -206,7 +235,7 @@ def aimodels(
     million tokens is price_per_unit = that price with pixels_per_unit = 1 000 000.
     """
     try:
-        records: list[WorkerRecord] = read_fleet(make_redis(settings.redis_url, max_connections=4))
+        records = _read_fleet(settings)
     except (RedisError, OSError):
         records = []
     entries = []

@@ -87,16 +87,35 @@ class Proc:
     restart: bool = True
     # A service the others use (Redis, the embedded engine): stopped only once they have exited.
     dependency: bool = False
+    # What it is, for the one line its start prints.
+    about: str = ""
+    # Where its output goes (appended), or None for the terminal: an engine's loader dump and
+    # Redis's banner are kept out of the operator's way unless `up --verbose` asks for them.
+    log: Path | None = None
     popen: subprocess.Popen[bytes] | None = None
     restarts: int = 0
     next_start: float = 0.0
     started_at: float = field(default=0.0)
 
     def start(self) -> None:
-        """Start (or restart) the process."""
-        logger.info("starting %s: %s", self.name, " ".join(self.argv))
-        self.popen = subprocess.Popen(self.argv, env=self.env)
+        """Start (or restart) the process; one line says so, and where its output goes."""
+        # A session of its own: Ctrl-C in a terminal signals the whole foreground process group,
+        # which would stop Redis and the engine at once, under the web and workers still draining
+        # through them (and make gunicorn quit without draining). The supervisor alone gets it,
+        # and stops the others in order.
+        if self.log is None:
+            self.popen = subprocess.Popen(self.argv, env=self.env, start_new_session=True)
+        else:
+            with open(self.log, "ab") as out:  # the child keeps its own descriptor
+                self.popen = subprocess.Popen(self.argv, env=self.env, stdout=out, stderr=subprocess.STDOUT,
+                                              start_new_session=True)  # fmt: skip
         self.started_at = time.monotonic()
+        if self.restarts:
+            logger.info("restarted %s (pid %d)", self.name, self.popen.pid)
+            return
+        about = f": {self.about}" if self.about else ""
+        where = f"; its output goes to {self.log}" if self.log is not None else ""
+        logger.info("started %s (pid %d)%s%s", self.name, self.popen.pid, about, where)
 
 
 class Supervisor:
@@ -108,8 +127,9 @@ class Supervisor:
 
     def run(self) -> int:
         """Start everything and supervise until SIGTERM/SIGINT; returns an exit status."""
-        signal.signal(signal.SIGTERM, self._on_signal)
-        signal.signal(signal.SIGINT, self._on_signal)
+        # SIGHUP too: the children are in sessions of their own, so a closed terminal reaches only this one.
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, self._on_signal)
         for proc in self.procs:
             proc.start()
         status = 0
@@ -167,8 +187,9 @@ def _stop(procs: list[Proc], deadline: float) -> None:
             popen.wait()
 
 
-def embedded_redis(env: dict[str, str], port: int | None = None) -> Proc:
-    """A private Redis for a local stack (no persistence); sets REDIS_URL in `env`."""
+def embedded_redis(env: dict[str, str], port: int | None = None, workdir: str | None = None) -> Proc:
+    """A private Redis for a local stack (no persistence), working in `workdir` (a new private
+    directory if None); sets REDIS_URL in `env`."""
     binary = redis_server_binary()
     if binary is None:
         raise SystemExit(
@@ -177,7 +198,10 @@ def embedded_redis(env: dict[str, str], port: int | None = None) -> Proc:
         )
     if port is None:
         port = 6379 if port_is_free(6379) else free_port()
-    workdir = tempfile.mkdtemp(prefix="llm-runner-redis-")  # mode 0700
+    if workdir is None:
+        workdir = tempfile.mkdtemp(prefix="llm-runner-redis-")  # mode 0700
+    else:
+        os.makedirs(workdir, mode=0o700, exist_ok=True)
     # A fresh password each start, so other users of this host cannot use it either. It goes in a
     # config file (owner-only) rather than on the command line, which `ps` and the log show.
     password = new_password()
@@ -185,10 +209,10 @@ def embedded_redis(env: dict[str, str], port: int | None = None) -> Proc:
     with os.fdopen(os.open(config, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as out:
         out.write(f"requirepass {password}\n")
     env["REDIS_URL"] = f"redis://:{password}@127.0.0.1:{port}/0"
-    logger.info("REDIS_URL not set: starting an embedded Redis on port %d, with a password", port)
     argv = [binary, config, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
             "--dir", workdir]  # fmt: skip
-    return Proc("redis", argv, dict(os.environ), dependency=True)
+    about = f"a private Redis on 127.0.0.1:{port} with a fresh password (REDIS_URL is not set)"
+    return Proc("redis", argv, dict(os.environ), dependency=True, about=about)
 
 
 def ollama_answers(url: str = OLLAMA_DEFAULT_URL, timeout: float = 2.0) -> bool:
@@ -249,11 +273,11 @@ def embedded_engine(env: dict[str, str], port: int | None = None) -> Proc:
     # OPENAI_GGUF: the model's chat template, with which a lost answer is continued on this engine.
     env.update(BACKEND="openai", OPENAI_BASE_URL=f"http://127.0.0.1:{port}/v1", MODELS=EMBEDDED_MODEL_ID, SLOTS="1",
                OPENAI_ENGINE="llama-cpp-python", OPENAI_GGUF=str(gguf))  # fmt: skip
-    logger.info(
-        "no engine reachable (OLLAMA_URL and OPENAI_BASE_URL unset, nothing on port 11434): starting the "
-        "embedded CPU engine on port %d, %s from %s", port, EMBEDDED_MODEL_ID, gguf,
-    )  # fmt: skip
-    return Proc("engine", embedded_engine_command(gguf, port), engine_env(), dependency=True)
+    about = (
+        f"the embedded CPU engine (llama.cpp) serving {EMBEDDED_MODEL_ID} at {env['OPENAI_BASE_URL']} "
+        "(OLLAMA_URL and OPENAI_BASE_URL are not set and nothing answers on Ollama's port 11434)"
+    )
+    return Proc("engine", embedded_engine_command(gguf, port), engine_env(), dependency=True, about=about)
 
 
 def gpu_worker_envs(base: dict[str, str], gpus: list[int], ollama_urls: list[str]) -> list[dict[str, str]]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import re
 import shutil
 import subprocess
 from typing import Any
@@ -13,7 +15,7 @@ import pytest
 from ops.cli import build_parser
 from ops.secrets_file import shown_url
 from tests.fake_ollama import KNOWN_MODELS, FakeOllama
-from tests.stack import Stack
+from tests.stack import Stack, free_port
 from tests.test_fleet import GPUS
 
 pytestmark = pytest.mark.e2e
@@ -52,6 +54,18 @@ def test_doctor_says_what_to_fix(stack: Stack, fake_ollama: FakeOllama) -> None:
     assert "1 problem(s)" in result.stdout
     unreachable = cli(stack, "doctor", REDIS_URL="redis://127.0.0.1:1/0", OLLAMA_URL=fake_ollama.url)
     assert unreachable.returncode == 1 and "[FAIL] cannot reach Redis at redis://127.0.0.1:1/0" in unreachable.stdout
+
+
+def test_doctor_ends_with_its_report(fake_ollama: FakeOllama) -> None:
+    """Nothing after the report: every HTTP session and Redis client it opened is closed (an unclosed
+    aiohttp session makes asyncio log "Unclosed client session" at exit)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MODELS", "BACKEND", "OPENAI_BASE_URL")}
+    env.update(REDIS_URL=f"redis://127.0.0.1:{free_port()}/0", OLLAMA_URL=fake_ollama.url)
+    argv = [shutil.which("llm-runner") or "llm-runner", "doctor"]
+    result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
+    assert f"[ ok ] Ollama 0.12.6 at {fake_ollama.url}" in result.stdout
+    assert re.search(r"\d+ problem\(s\), \d+ warning\(s\)$", result.stdout.strip()), result.stdout
+    assert result.stderr == ""
 
 
 def test_models_pull_installs_what_each_ollama_lacks(stack: Stack) -> None:
