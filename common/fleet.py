@@ -52,6 +52,9 @@ class ModelFit:
     pull: str = ""
     pull_completed: int = 0
     pull_total: int = 0
+    # What the engine takes for this model beyond plain chat, by the OpenAI API's field names
+    # (`tools`, `tool_choice`, `response_format`): see FEATURES.
+    features: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -175,6 +178,19 @@ def model_slots(record: WorkerRecord, model_id: str) -> int:
 def capacity(records: list[WorkerRecord], model_id: str) -> int:
     """Slots of the ready workers that serve the model: the `capacity` for aiModels.json."""
     return sum(model_slots(r, model_id) for r in records if r.serves(model_id))
+
+
+# The OpenAI API's request fields that only some engines or models take.
+FEATURES = ("tools", "tool_choice", "response_format")
+
+
+def model_features(records: list[WorkerRecord], model_id: str) -> list[str] | None:
+    """The features every ready worker serving the model takes (a job may land on any of them);
+    None while none serves it."""
+    serving = [r.models[model_id] for r in records if r.serves(model_id)]
+    if not serving:
+        return None
+    return [f for f in FEATURES if all(f in fit.features for fit in serving)]
 
 
 def fleet_status(records: list[WorkerRecord], model_ids: list[str]) -> str:

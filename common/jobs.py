@@ -14,22 +14,40 @@ QUEUED_TTL_MARGIN_S = 60
 
 @dataclass(frozen=True)
 class GenerateJob:
-    """Everything a worker needs to run one chat generation and report back."""
+    """Everything a worker needs to run one chat generation and report back.
+
+    The fields after `stream` come from the OpenAI API only (go-livepeer's /llm carries none of
+    them); they default to "not asked", and a payload leaves them out when they are, so a job
+    from either API decodes on workers of either version.
+    """
 
     reply_to: str
     model_id: str
     tag: str
-    messages: list[dict[str, str]]
+    # {role, content} (a string); OpenAI's assistant messages may also carry `tool_calls`, and its
+    # tool results are {role: "tool", content, tool_call_id}.
+    messages: list[dict[str, Any]]
     max_tokens: int
     temperature: float
     top_p: float
     top_k: int
     stream: bool
+    stop: list[str] | None = None
+    seed: int | None = None
+    # As OpenAI takes them: {"type": "json_object"} or {"type": "json_schema", "json_schema": {...}}.
+    response_format: dict[str, Any] | None = None
+    tools: list[dict[str, Any]] | None = None
+    # "none", "auto", "required" or {"type": "function", "function": {"name": ...}}.
+    tool_choice: str | dict[str, Any] | None = None
 
     def to_payload(self) -> dict[str, Any]:
-        """The plain dict RQ stores (JSON-serialised, readable in rq-dashboard)."""
+        """The plain dict RQ stores (JSON-serialised, readable in rq-dashboard); unset options left out."""
         # Not dataclasses.asdict: it deep-copies every message, and this runs per request.
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        payload = {f.name: getattr(self, f.name) for f in fields(self)}
+        for name in _OPTIONAL:
+            if payload[name] is None:
+                del payload[name]
+        return payload
 
     @classmethod
     def from_payload(cls, payload: dict[str, Any]) -> GenerateJob:
@@ -39,3 +57,6 @@ class GenerateJob:
     def describe(self) -> str:
         """A short description for RQ's job record that leaves the prompt out."""
         return f"generate {self.model_id} ({self.tag}) max_tokens={self.max_tokens}"
+
+
+_OPTIONAL = ("stop", "seed", "response_format", "tools", "tool_choice")

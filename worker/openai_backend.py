@@ -23,6 +23,9 @@ from worker.openai_wire import ServedModel, SseParser, chat_body, error_for_stat
 logger = logging.getLogger(__name__)
 
 MODELS_TIMEOUT_S = 10.0
+# The OpenAI API's options an OpenAI-compatible engine gets as the client sent them: it honours
+# them, or refuses them with an error the client sees (vLLM without --enable-auto-tool-choice, say).
+PASSED_THROUGH = ("tools", "tool_choice", "response_format")
 VRAM_NOTE = (
     "VRAM fit is the engine's business: an OpenAI-compatible engine sizes and holds its own models, "
     "so this worker neither estimates nor checks their memory"
@@ -61,8 +64,17 @@ class OpenAIBackend(Backend):
         return SseParser()
 
     def error(self, status: int, body: bytes, job: GenerateJob) -> BackendError:
-        """The engine's error statuses (see `openai_wire.error_for_status`)."""
-        return error_for_status(status, body, served=self._served_name(job), url=self.url)
+        """The engine's error statuses (see `openai_wire.error_for_status`).
+
+        A 422 (FastAPI's validation) to a job carrying the OpenAI API's options refuses what the client
+        chose, not the runner's request: llama-cpp-python's server takes no response_format of type
+        json_schema (llama_cpp/llama_types.py, ChatCompletionRequestResponseFormat).
+        """
+        mapped = error_for_status(status, body, served=self._served_name(job), url=self.url)
+        if status == 422 and any(getattr(job, name) is not None for name in PASSED_THROUGH):
+            return BackendError(f"the engine refused the request's options: {mapped.msg}", reason="rejected",
+                                status=400)  # fmt: skip
+        return mapped
 
     def _models(self) -> dict[str, ServedModel]:
         def on_error(status: int, body: bytes) -> BackendError:
@@ -90,7 +102,7 @@ class OpenAIBackend(Backend):
         """A model is served when its served name is listed by /v1/models; memory is the engine's."""
         for spec in self.settings.models:
             listed = spec.tag in self.served
-            fit = ModelFit(tag=spec.tag, installed=listed, fits=True, loaded=listed)
+            fit = ModelFit(tag=spec.tag, installed=listed, fits=True, loaded=listed, features=list(PASSED_THROUGH))
             if not listed:
                 fit.note = (f"{spec.tag!r} is not served by the engine at {self.url} (its /v1/models lists "
                             f"{', '.join(self.served) or 'nothing'}); fix MODELS as model_id=served_name")  # fmt: skip
