@@ -28,7 +28,8 @@ Knobs (`set_behavior`): first_token_delay, tokens_per_s, reply_tokens, status + 
 stream), error_after (vLLM's error event after N tokens), drop_after (connection cut after N tokens),
 stall_after (no token after N tokens), ping_s (during a stall, sse-starlette's `: ping - <time>`
 comment every so many seconds, as `EventSourceResponse` sends them), interrupt (bool), usage (bool:
-vLLM's usage chunk).
+vLLM's usage chunk), tool_calls (the calls the model makes when offered tools: [{name, arguments}]).
+What each server does with stop, response_format and tools: tests/fake_openai_options.py.
 """
 
 from __future__ import annotations
@@ -42,8 +43,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from tests import fake_openai_options as options
+
 KNOBS = frozenset({"first_token_delay", "tokens_per_s", "reply_tokens", "status", "error", "error_after",
-                   "drop_after", "stall_after", "interrupt", "usage", "ping_s"})  # fmt: skip
+                   "drop_after", "stall_after", "interrupt", "usage", "ping_s", "tool_calls"})  # fmt: skip
 PROMPT_TOKENS_PER_MESSAGE = 7
 
 
@@ -223,6 +226,10 @@ class FakeOpenAI:
                 writer, status, self._error(status, f"The model `{model}` does not exist", "model_not_found")
             )
             return
+        if (refused := options.refusal(body, self.vllm)) is not None:
+            rec.outcome = "error"
+            await self._send(writer, *refused)
+            return
         prompt = PROMPT_TOKENS_PER_MESSAGE * len(body.get("messages") or [])
         if prompt >= self.n_ctx:
             rec.outcome = "error"
@@ -246,6 +253,13 @@ class FakeOpenAI:
         natural = int(beh["reply_tokens"])
         count = min(limit, natural)
         reason = "length" if limit < natural else "stop"
+        texts, stopped = options.texts(body, [token_text(i) for i in range(count)])
+        if stopped or len(texts) != count:
+            count, reason = min(limit, len(texts)), "length" if limit < len(texts) else "stop"
+        call = options.tool_call(body, beh.get("tool_calls"), self.vllm)
+        deltas = options.tool_call_deltas(call, "fake", self.vllm) if call else []
+        if call:
+            count, reason = len(deltas), "tool_calls"
         writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream; charset=utf-8\r\n"
                      b"transfer-encoding: chunked\r\nconnection: close\r\n\r\n")  # fmt: skip
 
@@ -285,7 +299,8 @@ class FakeOpenAI:
                     await writer.drain()
                     rec.outcome = "interrupted"
                     return
-                writer.write(event(chunk({"content": token_text(i)}, None)))
+                delta = {"tool_calls": [deltas[i]]} if call else {"content": texts[i]}
+                writer.write(event(chunk(delta, None)))
                 await writer.drain()
                 rec.sent_tokens += 1
                 await asyncio.sleep(pace)
