@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import psutil
 import pytest
@@ -25,6 +26,7 @@ from ops.supervise import EMBEDDED_MODEL_ID, embedded_engine_command, engine_env
 from tests.client import call, stream
 from tests.conftest import RedisServer
 from tests.golivepeer import read_stream
+from tests.openai_client import RecordingTransport, check_all, client
 from tests.stack import Process, Stack, free_port
 
 pytestmark = pytest.mark.e2e
@@ -145,3 +147,22 @@ def test_two_requests_on_one_slot_queue_rather_than_interrupt(real: Real) -> Non
                   key=lambda j: j.started_at or datetime.max)  # fmt: skip
     assert jobs[0].ended_at is not None and jobs[1].started_at is not None
     assert jobs[1].started_at >= jobs[0].ended_at, "the worker began the second job before the first had ended"
+
+
+def test_openais_sdk_streams_real_tokens_through_the_runner(real: Real) -> None:
+    transport = RecordingTransport()
+    sdk = client(f"{real.url}/v1", "unused", transport)
+    usage_too: Any = {"include_usage": True}
+    asked = sdk.chat.completions.create(model=EMBEDDED_MODEL_ID, messages=PROMPT, max_tokens=16,  # type: ignore[arg-type]
+                                        temperature=0.0, stream=True, stream_options=usage_too)  # fmt: skip
+    chunks = list(asked)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
+    # Greedy decoding: the engine's own answer to the same request, token for token.
+    engine = direct(real, 16)
+    assert text.strip() and text == engine["choices"][0]["message"]["content"]  # type: ignore[index]
+    # llama-cpp-python streams carry no usage: the completion count is the chunks relayed, the prompt's unknown.
+    assert chunks[-1].choices == [] and chunks[-1].usage is not None
+    assert (chunks[-1].usage.prompt_tokens, chunks[-1].usage.completion_tokens) == (0, 16)
+    assert check_all(transport.answers) == 1
+    transport.close()
