@@ -19,6 +19,7 @@ from web.openai_wire import OpenAIAnswer, merge_tool_calls
 from web.routes import UnknownPrefix
 
 APP = build_app(Settings(redis_url=free_redis_url()))
+MODEL = "meta-llama/Meta-Llama-3.1-8B-Instruct"
 CALLS = [{"index": 0, "id": "call_1", "type": "function", "function": {"name": "f", "arguments": ""}},
          {"index": 1, "id": "call_2", "type": "function", "function": {"name": "g", "arguments": "{}"}},
          {"index": 0, "function": {"arguments": '{"a": '}}, {"index": 0, "function": {"arguments": "1}"}}]  # fmt: skip
@@ -101,3 +102,17 @@ def test_errors_as_openais_sdks_read_them(error: RunnerError, status: int, code:
     assert (body["error"]["code"], body["error"]["param"]) == (code, param)
     kinds = {400: "invalid_request_error", 401: "invalid_request_error", 404: "invalid_request_error", 429: "requests"}
     assert body["error"]["type"] == kinds.get(status, "server_error")
+
+
+def test_http_refusals_on_v1_are_openai_shaped_and_on_llm_unchanged() -> None:
+    web = APP.test_client()
+    for method, path, status in (("GET", "/v1/chat/completions", 405), ("POST", "/v1/embeddings", 404),
+                                 ("GET", f"/{MODEL}/v1/chat/completions", 405)):  # fmt: skip
+        response = web.open(path, method=method)
+        assert response.status_code == status, path
+        validate("ErrorResponse", response.get_json())
+    too_big = web.post("/v1/chat/completions", data=b"x" * (APP.config["MAX_CONTENT_LENGTH"] + 1))
+    assert too_big.status_code == 413 and too_big.get_json()["error"]["type"] == "invalid_request_error"
+    assert web.get("/llm").get_json() == {"detail": {"msg": "The method is not allowed for the requested URL."}}
+    unknown = web.get("/no/such-model/v1/models")
+    assert unknown.status_code == 404 and unknown.get_json()["error"]["code"] == "model_not_found"
