@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from redis import Redis
@@ -105,15 +105,25 @@ class WorkerRecord:
 
     @classmethod
     def from_json(cls, raw: str | bytes) -> WorkerRecord:
-        """Parse an announcement; raises ValueError/TypeError/KeyError if malformed."""
+        """Parse an announcement; raises ValueError/TypeError/KeyError if malformed.
+
+        Fields this version does not know are left out: a newer worker's record stays readable
+        while the fleet is upgraded (an unreadable one would count as a dead worker).
+        """
         data: dict[str, Any] = json.loads(raw)
         gpu = data.pop("gpu", None)
         models = data.pop("models", {})
         return cls(
             gpu=GpuInfo(**gpu) if gpu else None,
-            models={m: ModelFit(**fit) for m, fit in models.items()},
-            **data,
+            models={m: ModelFit(**_known(ModelFit, fit)) for m, fit in models.items()},
+            **_known(cls, data),
         )
+
+
+def _known(kind: type, data: dict[str, Any]) -> dict[str, Any]:
+    """The entries of `data` that are fields of the dataclass `kind`."""
+    names = {f.name for f in fields(kind)}
+    return {k: v for k, v in data.items() if k in names}
 
 
 def announce(redis: Redis, record: WorkerRecord) -> None:
