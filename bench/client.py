@@ -50,6 +50,14 @@ def sse_token(line: bytes) -> bool:
     return bool(delta.get("content"))
 
 
+def openai_token(line: bytes) -> bool:
+    """Whether an SSE line is a chunk with content (the OpenAI API's first token)."""
+    if not line.startswith(b"data: {"):
+        return False
+    choices = json.loads(line[6:]).get("choices") or [{}]
+    return bool((choices[0].get("delta") or {}).get("content"))
+
+
 def ndjson_token(line: bytes) -> bool:
     """Whether an NDJSON line carries content (Ollama's first token)."""
     if not line.startswith(b"{"):

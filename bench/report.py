@@ -40,8 +40,11 @@ class Target:
 
 
 def _pair(res: Results, n: int) -> tuple[ConcRow | None, ConcRow | None]:
-    rows = {r.path: r for r in res.conc if r.n == n}
-    return rows.get("direct"), rows.get("runner")
+    return _row(res, n, "direct"), _row(res, n, "runner")
+
+
+def _row(res: Results, n: int, path: str) -> ConcRow | None:
+    return next((r for r in res.conc if r.n == n and r.path == path), None)
 
 
 def targets(res: Results, p: Params) -> list[Target]:
@@ -53,6 +56,13 @@ def targets(res: Results, p: Params) -> list[Target]:
         Target("added TTFT p99 (runner p99 − direct p99)", pct(r, 99) - pct(d, 99), "ms", 20,
                f"direct {pct(d, 99):.2f}, runner {pct(r, 99):.2f}"),
     ]  # fmt: skip
+    o = res.ttft.get("openai") or [math.nan]
+    out += [
+        Target("OpenAI API added TTFT p50 (openai p50 − direct p50)", pct(o, 50) - pct(d, 50), "ms", 5,
+               f"direct {pct(d, 50):.2f}, openai {pct(o, 50):.2f}"),
+        Target("OpenAI API TTFT p50 / /llm TTFT p50", pct(o, 50) / pct(r, 50), "×", 1.05,
+               f"/llm {pct(r, 50):.2f}, openai {pct(o, 50):.2f}"),
+    ]  # fmt: skip
     rd, rr = res.relay_ms.get("direct") or [math.nan], res.relay_ms.get("runner") or [math.nan]
     md, mr = statistics.median(rd), statistics.median(rr)
     out.append(Target("relay cost per token ((runner − direct) / tokens)", (mr - md) * 1000 / p.relay_tokens, "µs", 50,
@@ -60,8 +70,9 @@ def targets(res: Results, p: Params) -> list[Target]:
                       f"runner {p.relay_tokens / mr * 1000:,.0f} tok/s"))  # fmt: skip
     n = max(p.ns)
     cd, cr = _pair(res, n)
-    ok = (cr.ok if cr else 0) + (cd.ok if cd else 0)
-    out.append(Target(f"N={n} streams wrong or incomplete (both paths)", 2 * n - ok, "", 0, f"{ok}/{2 * n} correct"))
+    co = _row(res, n, "openai")
+    ok = (cr.ok if cr else 0) + (cd.ok if cd else 0) + (co.ok if co else 0)
+    out.append(Target(f"N={n} streams wrong or incomplete (all paths)", 3 * n - ok, "", 0, f"{ok}/{3 * n} correct"))
     ratio = cr.wall_ms / cd.wall_ms if cd and cr else math.nan
     out.append(
         Target(
@@ -70,9 +81,12 @@ def targets(res: Results, p: Params) -> list[Target]:
             "×",
             1.10,
             f"direct {cd.wall_ms if cd else math.nan:.0f} ms, runner {cr.wall_ms if cr else math.nan:.0f} ms"
-            + ("" if ok == 2 * n else f" (not comparable: {2 * n - ok} streams failed)"),
+            + ("" if ok == 3 * n else f" (not comparable: {3 * n - ok} streams failed)"),
         )
     )
+    llm_ms, openai_ms = cr.wall_ms if cr else math.nan, co.wall_ms if co else math.nan
+    out.append(Target(f"N={n} wall time ratio openai//llm", openai_ms / llm_ms, "×", 1.05,
+                      f"/llm {llm_ms:.0f} ms, openai {openai_ms:.0f} ms"))  # fmt: skip
     rest, peak = res.rss.get("web_rest", 0), res.rss.get("web_peak", 0)
     out.append(
         Target(
@@ -101,6 +115,15 @@ def _conc_table(res: Results, p: Params) -> list[str]:
             f"{d.stream_p50_ms:.0f} / {r.stream_p50_ms:.0f} | {d.ttft_p50_ms:.1f} / {r.ttft_p50_ms:.1f} | "
             f"{d.ttft_max_ms:.1f} / {r.ttft_max_ms:.1f} | {d.ok + r.ok}/{2 * n} |"
         )
+    lines += ["", "The OpenAI API beside /llm (same streams, `stream_options.include_usage`):", "",
+              "| N | /llm wall ms | openai wall ms | ratio openai//llm | TTFT p50 ms /llm / openai | correct |",
+              "|---|---|---|---|---|---|"]  # fmt: skip
+    for n in p.ns:
+        r, o = _row(res, n, "runner"), _row(res, n, "openai")
+        if r is None or o is None:
+            continue
+        lines.append(f"| {n} | {r.wall_ms:.0f} | {o.wall_ms:.0f} | {o.wall_ms / r.wall_ms:.3f} | "
+                     f"{r.ttft_p50_ms:.1f} / {o.ttft_p50_ms:.1f} | {o.ok}/{n} |")  # fmt: skip
     return lines
 
 
@@ -143,12 +166,12 @@ def render(res: Results, p: Params, v: Verifier, meta: dict[str, str]) -> tuple[
     lines += ["", "## Time to first token (sequential, warm, unpaced, "
               f"{p.ttft_tokens}-token answers, {len(d)} + {len(r)} requests)", "",
               "| path | p50 ms | p90 ms | p99 ms | max ms |", "|---|---|---|---|---|"]  # fmt: skip
-    for name, vals in (("direct", d), ("runner", r)):
+    for name, vals in (("direct", d), ("runner", r), ("openai", res.ttft.get("openai") or [math.nan])):
         lines.append(f"| {name} | {pct(vals, 50):.2f} | {pct(vals, 90):.2f} | {pct(vals, 99):.2f} | {max(vals):.2f} |")
     lines += ["", "Each TTFT split at the moment the fake Ollama received the chat request (p50 / p99, ms):", "",
               "| path | send → Ollama has the request | Ollama has it → first token at the client |",
               "|---|---|---|"]  # fmt: skip
-    for name in ("direct", "runner"):
+    for name in ("direct", "runner", "openai"):
         to, back = res.to_ollama.get(name) or [math.nan], res.from_ollama.get(name) or [math.nan]
         lines.append(f"| {name} | {pct(to, 50):.2f} / {pct(to, 99):.2f} | {pct(back, 50):.2f} / {pct(back, 99):.2f} |")
     lines += ["", f"## Relay ({p.relay_tokens}-token unpaced stream, {p.relay_repeats} repeats, median)", "",

@@ -10,11 +10,11 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from bench.client import Detector, Reply, ndjson_token, sse_token, stream
+from bench.client import Detector, Reply, ndjson_token, openai_token, sse_token, stream
 from bench.params import Params
 from bench.sample import Meter, PeakRss
 from bench.stack import Stack
-from bench.workload import Ask, check_direct, check_runner, direct_body, runner_body
+from bench.workload import Ask, check_direct, check_openai, check_runner, direct_body, openai_body, runner_body
 
 HOST = "127.0.0.1"
 LOUD_LIMIT = 20  # wrong streams printed one by one; all are counted
@@ -22,7 +22,7 @@ LOUD_LIMIT = 20  # wrong streams printed one by one; all are counted
 
 @dataclass
 class Path:
-    """One way to the fake Ollama: straight to /api/chat, or through the runner's /llm."""
+    """One way to the fake Ollama: straight to /api/chat, or through the runner's /llm or /v1/chat/completions."""
 
     name: str
     port: int
@@ -36,14 +36,23 @@ class Path:
         return await stream(HOST, self.port, self.route, self.body(ask), self.detect)
 
 
-def paths(stack: Stack) -> tuple[Path, Path]:
-    """(direct, runner) for this stack, with the same body the worker would send."""
+def paths(stack: Stack) -> tuple[Path, Path, Path]:
+    """(direct, runner, openai) for this stack: straight to the fake Ollama with the body the worker
+    would send, through go-livepeer's /llm, and through the OpenAI API (/v1/chat/completions)."""
     settings = stack.settings()
     model_id = settings.default_model.model_id
     fake_port = int(stack.fake_url.rsplit(":", 1)[1])
     direct = Path("direct", fake_port, "/api/chat", lambda a: direct_body(a, settings), ndjson_token, check_direct)
     runner = Path("runner", stack.web_port, "/llm", lambda a: runner_body(a, model_id), sse_token, check_runner)
-    return direct, runner
+    openai = Path("openai", stack.web_port, "/v1/chat/completions", lambda a: openai_body(a, model_id), openai_token,
+                  check_openai)  # fmt: skip
+    return direct, runner, openai
+
+
+def rotation(ways: list[Path], i: int) -> list[Path]:
+    """The paths in round i's order: each takes every place in turn, to cancel drift."""
+    k = i % len(ways)
+    return ways[k:] + ways[:k]
 
 
 @dataclass
@@ -107,29 +116,29 @@ def pct(values: list[float], q: float) -> float:
     return ordered[k]
 
 
-async def warm_up(direct: Path, runner: Path, p: Params, v: Verifier) -> None:
+async def warm_up(ways: list[Path], p: Params, v: Verifier) -> None:
     """Sequential, then one burst of max N short streams on each path (threads, pools, caches)."""
     for i in range(p.warmup):
-        for path in (direct, runner):
+        for path in ways:
             ask = Ask(f"w{i}{path.name[0]}", p.ttft_tokens)
             v.check(path, ask, await path.run(ask))
-    for path in (direct, runner):
+    for path in ways:
         asks = [Ask(f"wb{k}{path.name[0]}", p.ttft_tokens) for k in range(max(p.ns))]
         replies = await asyncio.gather(*(path.run(a) for a in asks))
         for ask, reply in zip(asks, replies, strict=True):
             v.check(path, ask, reply)
 
 
-async def ttft(stack: Stack, direct: Path, runner: Path, p: Params, v: Verifier, res: Results) -> None:
-    """Sequential warm requests, alternating paths (order flipped each round) to cancel drift.
+async def ttft(stack: Stack, ways: list[Path], p: Params, v: Verifier, res: Results) -> None:
+    """Sequential warm requests, alternating paths (order rotated each round) to cancel drift.
 
     The fake's arrival times (same CLOCK_MONOTONIC as perf_counter) split each TTFT into
     send → Ollama has the request, and Ollama has it → first token at the client.
     """
-    res.ttft = {"direct": [], "runner": []}
+    res.ttft = {path.name: [] for path in ways}
     sent: list[tuple[str, str, Reply]] = []
     for i in range(p.ttft_n):
-        for path in (direct, runner) if i % 2 == 0 else (runner, direct):
+        for path in rotation(ways, i):
             ask = Ask(f"t{i}{path.name[0]}", p.ttft_tokens)
             reply = await path.run(ask)
             if v.check(path, ask, reply):
@@ -137,7 +146,7 @@ async def ttft(stack: Stack, direct: Path, runner: Path, p: Params, v: Verifier,
                 sent.append((path.name, ask.label, reply))
             await asyncio.sleep(p.gap_s)  # let the previous job's bookkeeping settle
     arrived = stack.arrivals()
-    res.to_ollama, res.from_ollama = {"direct": [], "runner": []}, {"direct": [], "runner": []}
+    res.to_ollama, res.from_ollama = {path.name: [] for path in ways}, {path.name: [] for path in ways}
     for name, label, reply in sent:
         if label in arrived:
             res.to_ollama[name].append(arrived[label] * 1e3 - reply.t_send / 1e6)
@@ -177,11 +186,11 @@ async def _burst(path: Path, n: int, p: Params, v: Verifier, meter: Meter) -> tu
     return row, replies
 
 
-async def concurrency(direct: Path, runner: Path, p: Params, v: Verifier, res: Results, meter: Meter) -> None:
-    """N paced streams at once per path; the runner's largest-N run also samples peak RSS."""
+async def concurrency(ways: list[Path], p: Params, v: Verifier, res: Results, meter: Meter) -> None:
+    """N paced streams at once per path; the /llm path's largest-N run also samples peak RSS."""
     for i, n in enumerate(p.ns):
-        for path in (direct, runner) if i % 2 == 0 else (runner, direct):
-            if path is runner and n == max(p.ns):
+        for path in rotation(ways, i):
+            if path.name == "runner" and n == max(p.ns):
                 with PeakRss(meter) as peak:
                     row, _ = await _burst(path, n, p, v, meter)
                 res.rss["web_peak"], res.rss["worker_peak"] = peak.peak["web"], peak.peak["worker"]
@@ -195,21 +204,22 @@ async def concurrency(direct: Path, runner: Path, p: Params, v: Verifier, res: R
 async def run_all(stack: Stack, p: Params, v: Verifier, res: Results) -> None:
     """Warm up, then every scenario in turn, on one stack."""
     meter = Meter(stack)
-    direct, runner = paths(stack)
+    direct, runner, openai = paths(stack)
+    ways = [direct, runner, openai]
     res.rss["web_cold"], res.rss["worker_cold"] = meter.rss("web"), meter.rss("worker")
     stack.pace(tokens_per_s=0)
     print("warming up…", flush=True)
-    await warm_up(direct, runner, p, v)
+    await warm_up(ways, p, v)
     res.rss["web_rest"], res.rss["worker_rest"] = meter.rss("web"), meter.rss("worker")
     print(f"TTFT: {p.ttft_n} sequential requests per path…", flush=True)
     web_log = stack.child("web").log
     start = web_log.stat().st_size
     with meter.cpu_delta(res.ttft_cpu):
-        await ttft(stack, direct, runner, p, v, res)
+        await ttft(stack, ways, p, v, res)
     res.ttft_log_span = (start, web_log.stat().st_size)
     print(f"relay: {p.relay_repeats} × {p.relay_tokens}-token stream per path…", flush=True)
     await relay(direct, runner, p, v, res, meter)
     stack.pace(tokens_per_s=p.conc_rate)
     print(f"concurrency: N={p.ns}, {p.conc_tokens} tokens at {p.conc_rate:g} tokens/s per stream…", flush=True)
-    await concurrency(direct, runner, p, v, res, meter)
+    await concurrency(ways, p, v, res, meter)
     stack.check_alive()

@@ -47,6 +47,13 @@ def runner_body(ask: Ask, model_id: str) -> bytes:
     return json.dumps(body, separators=(",", ":")).encode()
 
 
+def openai_body(ask: Ask, model_id: str) -> bytes:
+    """The same request on the OpenAI API, streaming with the usage asked for (as gateways that bill do)."""
+    body = {"model": model_id, "messages": ask.messages(), "max_tokens": ask.max_tokens, "temperature": 0.7,
+            "stream": True, "stream_options": {"include_usage": True}}  # fmt: skip
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
 def direct_body(ask: Ask, settings: Settings) -> bytes:
     """Exactly the /api/chat body the worker sends for the same request (worker.ollama_wire.chat_body)."""
     spec = settings.default_model
@@ -109,4 +116,30 @@ def check_direct(reply: Reply, ask: Ask) -> list[str]:
         problems.append(f"text differs: got {''.join(text)[:80]!r}…")
     if final is None or final.get("done_reason") != "length" or final.get("eval_count") != ask.max_tokens:
         problems.append(f"final line {final}, expected done_reason 'length', eval_count {ask.max_tokens}")
+    return problems
+
+
+def check_openai(reply: Reply, ask: Ask) -> list[str]:
+    """Problems with a /v1/chat/completions stream, read as OpenAI's SDK reads it (empty list: correct)."""
+    problems = _common(reply, "text/event-stream")
+    if reply.status != 200 or reply.error:
+        return problems
+    events = [line[6:] for line in reply.body.split(b"\n") if line.startswith(b"data: ")]
+    if not events or events[-1] != b"[DONE]":
+        return [*problems, "no `data: [DONE]` at the end"]
+    try:
+        chunks = [json.loads(e) for e in events[:-1]]
+    except ValueError as exc:
+        return [*problems, f"undecodable chunk: {exc}"]
+    choices = [c["choices"][0] for c in chunks if c.get("choices")]
+    text = "".join(choice["delta"].get("content") or "" for choice in choices)
+    if text != ask.expected:
+        problems.append(f"text differs: got {text[:80]!r}…, expected {ask.expected[:80]!r}…")
+    if not choices or choices[0]["delta"].get("role") != "assistant" or any("role" in c["delta"] for c in choices[1:]):
+        problems.append("delta.role must be in the first chunk only")
+    if [c["finish_reason"] for c in choices] != [None] * (len(choices) - 1) + ["length"]:
+        problems.append("finish_reason must be null until the last choice chunk, then 'length'")
+    usage = chunks[-1].get("usage") if chunks and chunks[-1].get("choices") == [] else None
+    if not usage or usage.get("completion_tokens") != ask.max_tokens:
+        problems.append(f"last chunk {chunks[-1] if chunks else None}, expected the usage with {ask.max_tokens} tokens")
     return problems

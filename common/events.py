@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 
 _SEP = b"|"
 BATCH_SEPARATOR = b"\n"
-_STARTED, _TOKENS, _PING, _DONE, _FAILED = b"s", b"t", b"p", b"d", b"e"
+_STARTED, _TOKENS, _PING, _DONE, _FAILED, _TOOL_CALLS = b"s", b"t", b"p", b"d", b"e", b"c"
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +40,15 @@ class Tokens:
         """The generated text itself."""
         text: str = json.loads(self.text_json)
         return text
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCalls:
+    """Tool calls the model made (OpenAI API only): `calls_json` is a JSON list of OpenAI's streamed
+    tool-call deltas (`index`, then `id`, `type` and `function.name` on a call's first delta, and
+    `function.arguments`, whole or in pieces), pasted as they are into the client's chunk."""
+
+    calls_json: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +76,7 @@ class Failed:
     reason: str = "backend"
 
 
-Event = Started | Tokens | Ping | Done | Failed
+Event = Started | Tokens | ToolCalls | Ping | Done | Failed
 TERMINAL = (Done, Failed)
 
 
@@ -82,6 +91,8 @@ def encode(job_id: str, event: Event) -> bytes:
         return encode_tokens(job_id, event.text_json, event.count)
     if isinstance(event, Ping):
         return f"{job_id}|p".encode()
+    if isinstance(event, ToolCalls):
+        return f"{job_id}|c{event.calls_json}".encode()
     kind = {Started: "s", Done: "d", Failed: "e"}[type(event)]
     return f"{job_id}|{kind}{json.dumps(asdict(event), separators=(',', ':'))}".encode()
 
@@ -133,6 +144,10 @@ def decode(message: bytes) -> tuple[str, Event]:
         return job_id.decode(), Tokens(text_json.decode(), int(count))
     if kind == _PING:
         return job_id.decode(), Ping()
+    if kind == _TOOL_CALLS:
+        if not isinstance(json.loads(body), list):
+            raise ValueError(f"malformed tool calls event: {message[:80]!r}")
+        return job_id.decode(), ToolCalls(body.decode())
     cls = {_STARTED: Started, _DONE: Done, _FAILED: Failed}.get(kind)
     if cls is None:
         raise ValueError(f"unknown event kind {kind!r}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from redis import Redis
@@ -56,6 +56,9 @@ class ModelFit:
     # continuation job), and why or why not, for operators.
     continuation: bool = False
     continuation_note: str = ""
+    # What the engine takes for this model beyond plain chat, by the OpenAI API's field names
+    # (`tools`, `tool_choice`, `response_format`): see FEATURES.
+    features: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -113,15 +116,25 @@ class WorkerRecord:
 
     @classmethod
     def from_json(cls, raw: str | bytes) -> WorkerRecord:
-        """Parse an announcement; raises ValueError/TypeError/KeyError if malformed."""
+        """Parse an announcement; raises ValueError/TypeError/KeyError if malformed.
+
+        Fields this version does not know are left out: a newer worker's record stays readable
+        while the fleet is upgraded (an unreadable one would count as a dead worker).
+        """
         data: dict[str, Any] = json.loads(raw)
         gpu = data.pop("gpu", None)
         models = data.pop("models", {})
         return cls(
             gpu=GpuInfo(**gpu) if gpu else None,
-            models={m: ModelFit(**fit) for m, fit in models.items()},
-            **data,
+            models={m: ModelFit(**_known(ModelFit, fit)) for m, fit in models.items()},
+            **_known(cls, data),
         )
+
+
+def _known(kind: type, data: dict[str, Any]) -> dict[str, Any]:
+    """The entries of `data` that are fields of the dataclass `kind`."""
+    names = {f.name for f in fields(kind)}
+    return {k: v for k, v in data.items() if k in names}
 
 
 def announce(redis: Redis, record: WorkerRecord) -> None:
@@ -186,6 +199,19 @@ def model_slots(record: WorkerRecord, model_id: str) -> int:
 def capacity(records: list[WorkerRecord], model_id: str) -> int:
     """Slots of the ready workers that serve the model: the `capacity` for aiModels.json."""
     return sum(model_slots(r, model_id) for r in records if r.serves(model_id))
+
+
+# The OpenAI API's request fields that only some engines or models take.
+FEATURES = ("tools", "tool_choice", "response_format")
+
+
+def model_features(records: list[WorkerRecord], model_id: str) -> list[str] | None:
+    """The features every ready worker serving the model takes (a job may land on any of them);
+    None while none serves it."""
+    serving = [r.models[model_id] for r in records if r.serves(model_id)]
+    if not serving:
+        return None
+    return [f for f in FEATURES if all(f in fit.features for fit in serving)]
 
 
 def fleet_status(records: list[WorkerRecord], model_ids: list[str]) -> str:

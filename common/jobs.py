@@ -25,17 +25,30 @@ class GenerateJob:
     (worker.backend.Backend.usage). A worker whose engine cannot continue the model fails it
     with the reason common.errors.NOT_CONTINUABLE (WorkerRecord.can_continue tells which can).
     Same sampling options as the original job.
+
+    The options `stop` to `tool_choice` come from the OpenAI API only (go-livepeer's /llm carries
+    none of them); they default to "not asked", and a payload leaves them out when they are, so a
+    job from either API decodes on workers of either version.
     """
 
     reply_to: str
     model_id: str
     tag: str
-    messages: list[dict[str, str]]
+    # {role, content} (a string); OpenAI's assistant messages may also carry `tool_calls`, and its
+    # tool results are {role: "tool", content, tool_call_id}.
+    messages: list[dict[str, Any]]
     max_tokens: int
     temperature: float
     top_p: float
     top_k: int
     stream: bool
+    stop: list[str] | None = None
+    seed: int | None = None
+    # As OpenAI takes them: {"type": "json_object"} or {"type": "json_schema", "json_schema": {...}}.
+    response_format: dict[str, Any] | None = None
+    tools: list[dict[str, Any]] | None = None
+    # "none", "auto", "required" or {"type": "function", "function": {"name": ...}}.
+    tool_choice: str | dict[str, Any] | None = None
     # A continuation: the last message is the assistant's answer so far, already sent to the client.
     continue_final: bool = False
     # Completion tokens the client already got (the usage of the part being continued).
@@ -44,9 +57,13 @@ class GenerateJob:
     attempt: int = 0
 
     def to_payload(self) -> dict[str, Any]:
-        """The plain dict RQ stores (JSON-serialised, readable in rq-dashboard)."""
+        """The plain dict RQ stores (JSON-serialised, readable in rq-dashboard); unset options left out."""
         # Not dataclasses.asdict: it deep-copies every message, and this runs per request.
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        payload = {f.name: getattr(self, f.name) for f in fields(self)}
+        for name in _OPTIONAL:
+            if payload[name] is None:
+                del payload[name]
+        return payload
 
     @classmethod
     def from_payload(cls, payload: dict[str, Any]) -> GenerateJob:
@@ -64,3 +81,6 @@ class GenerateJob:
         """A short description for RQ's job record that leaves the prompt out."""
         more = f" continuation #{self.attempt} after {self.sent_tokens} tokens" if self.continue_final else ""
         return f"generate {self.model_id} ({self.tag}) max_tokens={self.max_tokens}{more}"
+
+
+_OPTIONAL = ("stop", "seed", "response_format", "tools", "tool_choice")

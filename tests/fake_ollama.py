@@ -41,9 +41,11 @@ from tests.fake_ollama_models import (
     ModelSpec,
     fit_prompt,
     norm,
+    parse_name,
     shortest,
     thinking_tokens,
 )
+from tests.fake_ollama_options import apply_stop, json_tokens, tool_calls_line
 from tests.fake_ollama_sched import LoadAborted, Scheduler
 from tests.fake_ollama_templates import TEMPLATES, continues
 
@@ -66,6 +68,7 @@ KNOBS = frozenset(
         "pull_error",
         "thinking_tokens",
         "verify_s",
+        "tool_calls",
     }
 )
 FAIL_KNOBS = ("error_after", "truncate_after", "drop_after", "stall_after")
@@ -719,6 +722,9 @@ class FakeOllama:
             spec = self._installed(str(body["model"]))
             if body.get("think") not in (None, False) and "thinking" not in spec.capabilities:
                 raise _ApiError(400, f'"{body["model"]}" does not support thinking')
+            if body.get("tools") and "tools" not in spec.capabilities:
+                host, namespace, name, tag = parse_name(spec.tag)  # Model.Name: the full name
+                raise _ApiError(400, f"{host}/{namespace}/{name}:{tag} does not support tools")
         except _ApiError as e:
             self._update(rec, outcome="error", status=e.status)
             await conn.send_json(e.status, {"error": e.msg})
@@ -753,7 +759,11 @@ class FakeOllama:
         else:
             users = [m for m in body.get("messages", []) if isinstance(m, dict) and m.get("role") == "user"]
             words = str(users[-1].get("content") or "").split() if users else []
-            units, natural = [w + " " for w in words or ["ok"]], int(beh.get("reply_tokens", 8))
+            if body.get("format") not in (None, "", "null"):
+                units = json_tokens(body["format"], words or ["ok"])  # the answer the grammar allows
+                natural = len(units)
+            else:
+                units, natural = [w + " " for w in words or ["ok"]], int(beh.get("reply_tokens", 8))
         done, text = 0, str(body["messages"][-1].get("content") or "") if open_last else ""
         while text and done < len(text) and text.startswith("".join(units[i % len(units)] for i in range(done + 1))):
             done += 1
@@ -847,9 +857,15 @@ class FakeOllama:
         count, reason = thinking + natural, "stop"
         if count > limit:
             count, reason = int(limit), "length"
+        units, answered, stopped = apply_stop(units, count - thinking, (body.get("options") or {}).get("stop"))
+        if stopped:
+            count, reason = thinking + answered, "stop"
+        calls = beh.get("tool_calls") if body.get("tools") else None
+        if calls:
+            count, reason = thinking + 1, "stop"  # the calls come whole, in one line
         mode = next((k for k in FAIL_KNOBS if k in beh), None)
         count = min(count, int(beh[mode])) if mode else count
-        stats = {"prompt_eval_count": fitted, "load_duration": load_ns, "thinking": thinking}
+        stats = {"prompt_eval_count": fitted, "load_duration": load_ns, "thinking": thinking, "tool_calls": calls}
         rate = float(beh.get("tokens_per_s", self.tokens_per_s))
         model = str(body["model"])
         args = (conn, rec, model, units, count, reason, mode, beh, rate, stats)
@@ -900,6 +916,8 @@ class FakeOllama:
                 raise ConnectionResetError("client went away")
             if i < thinking:
                 line = pre + _created_at() + think_mid + b'"Hmm, "' + post
+            elif stats.get("tool_calls"):
+                line = pre + _created_at() + b'","message":' + gojson(tool_calls_line(stats["tool_calls"])) + post[1:]
             else:
                 line = pre + _created_at() + mid + enc[(i - thinking) % m] + post
             w.write(head + b"%x\r\n%b\r\n" % (len(line), line))

@@ -26,6 +26,8 @@ SINGLE_SEQUENCE = frozenset(
 # server/routes.go shouldUseHarmony: these families think whatever `think: false` says.
 HARMONY = frozenset({"gptoss", "gpt-oss"})
 THINK_LEVELS = ("low", "medium", "high")
+# /api/show `capabilities` of models whose template takes tools (ollama.com lists "tools" for these).
+TOOLS = ("completion", "tools")
 
 
 @dataclass
@@ -80,9 +82,13 @@ class ModelSpec:
 KNOWN_MODELS: dict[str, ModelSpec] = {
     s.tag: s
     for s in [
-        ModelSpec("llama3.1:8b", 4_920_753_328, "llama", 32, 32, 8, 4096, 131072, "8.0B"),
-        ModelSpec("mistral:7b", 4_113_301_824, "llama", 32, 32, 8, 4096, 32768, "7.2B", template="mistral"),
-        ModelSpec("qwen2.5:7b", 4_683_087_332, "qwen2", 28, 28, 4, 3584, 32768, "7.6B", template="chatml"),
+        ModelSpec("llama3.1:8b", 4_920_753_328, "llama", 32, 32, 8, 4096, 131072, "8.0B", capabilities=TOOLS),
+        ModelSpec(
+            "mistral:7b", 4_113_301_824, "llama", 32, 32, 8, 4096, 32768, "7.2B", template="mistral", capabilities=TOOLS
+        ),
+        ModelSpec(
+            "qwen2.5:7b", 4_683_087_332, "qwen2", 28, 28, 4, 3584, 32768, "7.6B", template="chatml", capabilities=TOOLS
+        ),
         ModelSpec("llama3.2:3b", 2_019_393_189, "llama", 28, 24, 8, 3072, 131072, "3.2B"),
         ModelSpec(
             "gemma2:9b", 5_443_152_417, "gemma2", 42, 16, 8, 3584, 8192, "9.2B", key_length=256, template="gemma"

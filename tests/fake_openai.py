@@ -40,7 +40,9 @@ stream), error_after (vLLM's error event after N tokens), drop_after (connection
 stall_after (no token after N tokens), done_after (after N tokens, `[DONE]` with no finish_reason, as
 llama-cpp-python ends an interrupted stream, without waiting for a second request), ping_s (during a
 stall, sse-starlette's `: ping - <time>` comment every so many seconds, as `EventSourceResponse`
-sends them), interrupt (bool), usage (bool: vLLM's usage chunk).
+sends them), interrupt (bool), usage (bool: vLLM's usage chunk), tool_calls (the calls the model
+makes when offered tools: [{name, arguments}]).
+What each server does with stop, response_format and tools: tests/fake_openai_options.py.
 """
 
 from __future__ import annotations
@@ -54,8 +56,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from tests import fake_openai_options as options
+
 KNOBS = frozenset({"first_token_delay", "tokens_per_s", "reply_tokens", "status", "error", "error_after",
-                   "drop_after", "stall_after", "interrupt", "usage", "ping_s", "done_after"})  # fmt: skip
+                   "drop_after", "stall_after", "interrupt", "usage", "ping_s", "done_after",
+                   "tool_calls"})  # fmt: skip
 PROMPT_TOKENS_PER_MESSAGE = 7
 
 
@@ -242,6 +247,10 @@ class FakeOpenAI:
                 writer, status, self._error(status, f"The model `{model}` does not exist", "model_not_found")
             )
             return
+        if (refused := options.refusal(body, self.vllm)) is not None:
+            rec.outcome = "error"
+            await self._send(writer, *refused)
+            return
         refusal = self._refusal(rec)
         if refusal is not None:
             rec.outcome = "error"
@@ -321,6 +330,14 @@ class FakeOpenAI:
         count = min(limit, natural)
         reason = "length" if limit < natural else "stop"
         text_chunks = rec.path.endswith("/v1/completions")
+        # The answer's tokens from where the prompt left it (a continuation), cut by stop/format.
+        texts, stopped = options.texts(body, [token_text(first + i) for i in range(count)])
+        if stopped or len(texts) != count:
+            count, reason = min(limit, len(texts)), "length" if limit < len(texts) else "stop"
+        call = options.tool_call(body, beh.get("tool_calls"), self.vllm)
+        deltas = options.tool_call_deltas(call, "fake", self.vllm) if call else []
+        if call:
+            count, reason = len(deltas), "tool_calls"
         writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream; charset=utf-8\r\n"
                      b"transfer-encoding: chunked\r\nconnection: close\r\n\r\n")  # fmt: skip
 
@@ -365,7 +382,8 @@ class FakeOpenAI:
                     await writer.drain()
                     rec.outcome = "interrupted"
                     return
-                writer.write(event(chunk({"content": token_text(first + i)}, None)))
+                delta = {"tool_calls": [deltas[i]]} if call else {"content": texts[i]}
+                writer.write(event(chunk(delta, None)))
                 await writer.drain()
                 rec.sent_tokens += 1
                 await asyncio.sleep(pace)

@@ -29,7 +29,7 @@ from tests.golivepeer import RETRIED, non_streaming_verdict, read_stream
 from tests.rawclient import RawRequest
 from tests.stack import Stack, wait_until
 from web import admission
-from web.routes import _error as job_error
+from web.flow import failure as job_error
 from web.runtime import Runtime
 
 LLAMA = "meta-llama/Meta-Llama-3.1-8B-Instruct"

@@ -8,9 +8,11 @@ from common.models import DEFAULT_MODELS, parse_models
 from common.settings import Settings
 from tests.client import call
 from tests.contract import validate
+from tests.openai_contract import validate as validate_openai
 from tests.stack import Stack
 from web.app import build_app
 from web.auth import OPEN_ENDPOINTS
+from web.openai_errors import ENDPOINTS as OPENAI_ENDPOINTS
 
 TOKEN = "auth-token-for-tests"
 METRICS_TOKEN = "metrics-token-for-tests"
@@ -56,8 +58,12 @@ def test_every_route_but_health_needs_the_token(web: str) -> None:
             response = call(method, url, token=token, **body)
             assert response.status_code == 401, (method, path, token, response.status_code)
             assert response.headers["WWW-Authenticate"] == "Bearer"
-            validate("HTTPError", response.json())
-            assert response.json() == {"detail": {"msg": "missing or invalid bearer token"}}
+            if endpoint in OPENAI_ENDPOINTS:  # the OpenAI API answers in its own error shape
+                validate_openai("ErrorResponse", response.json())
+                assert response.json()["error"]["code"] == "invalid_api_key"
+            else:
+                validate("HTTPError", response.json())
+                assert response.json() == {"detail": {"msg": "missing or invalid bearer token"}}
             checked += 1
         assert call(method, url, token=TOKEN, **body).status_code != 401, path
     assert checked >= 4 * 12

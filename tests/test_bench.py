@@ -23,9 +23,10 @@ pytestmark = pytest.mark.e2e
 
 
 def expected_streams(p: Params) -> int:
-    """How many streams quick mode checks: warm-up (sequential + one burst), TTFT, relay, concurrency."""
-    per_path = p.warmup + max(p.ns) + p.ttft_n + p.relay_repeats + sum(p.ns)
-    return 2 * per_path
+    """How many streams quick mode checks: warm-up (sequential + one burst), TTFT and concurrency on
+    the three paths (direct, /llm, OpenAI API), the relay on the first two."""
+    per_path = p.warmup + max(p.ns) + p.ttft_n + sum(p.ns)
+    return 3 * per_path + 2 * p.relay_repeats
 
 
 @pytest.mark.timeout(240)
@@ -51,6 +52,7 @@ def test_quick_bench_verifies_every_stream(tmp_path: Path) -> None:
     report = (tmp_path / "results.md").read_text()
     assert f"Streams checked: {checked}, wrong: 0" in report
     assert "| added TTFT p50" in report and "wall time ratio" in report
+    assert "| OpenAI API TTFT p50 / /llm TTFT p50" in report and "wall time ratio openai//llm" in report
     # The real-model section ran: both paths answered, every stream ended properly.
     real = re.search(r"Real-model streams checked: (\d+), wrong: (\d+)", report)
     assert real and int(real.group(1)) == 2 * QUICK["real_n"] and real.group(2) == "0", report[-3000:]  # type: ignore[operator]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from collections.abc import Iterator
@@ -11,7 +12,7 @@ from typing import Any
 import pytest
 from redis import Redis
 
-from common.fleet import READY, read_fleet
+from common.fleet import READY, ModelFit, WorkerRecord, read_fleet
 from tests.client import call
 from tests.conftest import RedisServer
 from tests.contract import validate
@@ -144,3 +145,15 @@ def test_hardware_endpoints_show_every_gpu_of_the_fleet(fleet: Fleet) -> None:
     scoped = call("GET", f"{fleet.url}/{QWEN14}/hardware/info").json()
     assert scoped["model_id"] == QWEN14
     assert [g["id"] for g in scoped["gpu_info"].values()] == [GPUS[1]["uuid"]]
+
+
+def test_a_record_from_a_newer_worker_stays_readable() -> None:
+    # A field this version does not know (a worker upgraded before the web) must not make the
+    # worker look dead: read_fleet forgets records it cannot parse and counts a death.
+    record = WorkerRecord(name="w", host="h", pid=1, version="v", ollama_url="u",
+                          models={"m": ModelFit(tag="t", installed=True, fits=True, features=["tools"])})  # fmt: skip
+    data = json.loads(record.to_json())
+    data["from_the_future"] = 1
+    data["models"]["m"]["also_new"] = [1]
+    again = WorkerRecord.from_json(json.dumps(data))
+    assert again == record and again.models["m"].features == ["tools"]

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import psutil
 import pytest
@@ -27,6 +28,7 @@ from tests.client import call, stream
 from tests.conftest import RedisServer
 from tests.continuation_jobs import continuation_of, generate_job, run_job
 from tests.golivepeer import read_stream
+from tests.openai_client import RecordingTransport, check_all, client
 from tests.stack import Process, Stack, free_port
 
 pytestmark = pytest.mark.e2e
@@ -175,3 +177,22 @@ def test_a_continuation_job_goes_on_from_a_cut_greedy_answer(real: Real) -> None
         f"continuation matched the uninterrupted greedy answer exactly at {sum(matches)} of {len(matches)} cut "
         f"points ({cuts} of a {length}-token answer): {matches}"
     )
+
+
+def test_openais_sdk_streams_real_tokens_through_the_runner(real: Real) -> None:
+    transport = RecordingTransport()
+    sdk = client(f"{real.url}/v1", "unused", transport)
+    usage_too: Any = {"include_usage": True}
+    asked = sdk.chat.completions.create(model=EMBEDDED_MODEL_ID, messages=PROMPT, max_tokens=16,  # type: ignore[arg-type]
+                                        temperature=0.0, stream=True, stream_options=usage_too)  # fmt: skip
+    chunks = list(asked)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
+    # Greedy decoding: the engine's own answer to the same request, token for token.
+    engine = direct(real, 16)
+    assert text.strip() and text == engine["choices"][0]["message"]["content"]  # type: ignore[index]
+    # llama-cpp-python streams carry no usage: the completion count is the chunks relayed, the prompt's unknown.
+    assert chunks[-1].choices == [] and chunks[-1].usage is not None
+    assert (chunks[-1].usage.prompt_tokens, chunks[-1].usage.completion_tokens) == (0, 16)
+    assert check_all(transport.answers) == 1
+    transport.close()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
-from common.fleet import WorkerRecord, capacity, fleet_status, model_status, why_unserved
+from common.fleet import WorkerRecord, capacity, fleet_status, model_features, model_status, why_unserved
 from common.settings import Settings
 
 PIPELINE = "llm"
@@ -76,5 +76,7 @@ def fleet(records: list[WorkerRecord] | None, settings: Settings) -> dict[str, A
             "capacity": cap,
             "workers": [r.name for r in records if r.serves(spec.model_id)],
             "note": "" if cap else why_unserved(records, spec.model_id),
+            # The OpenAI API's options its workers' engines take (null while none serves it).
+            "features": model_features(records, spec.model_id),
         }
     return {"redis": "ok", "models": models, "workers": [asdict(r) for r in records]}

@@ -1,17 +1,18 @@
-"""The app factory: settings, one Redis pool, the routes, and JSON for every error."""
+"""The app factory: settings, one Redis pool, the routes, and JSON for every error (go-livepeer's
+shape, or OpenAI's on the OpenAI API's routes)."""
 
 from __future__ import annotations
 
 import logging
 import os
 
-from flask import Flask, Response, jsonify
+from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from common.errors import RunnerError
 from common.redis_client import make_redis
 from common.settings import Settings
-from web import auth, live_routes
+from web import auth, live_routes, openai_errors
 from web.live_runner import LiveRunners
 from web.routes import bp
 from web.runtime import EXTENSION, Runtime
@@ -59,18 +60,27 @@ def _register_error_handlers(app: Flask) -> None:
     def runner_error(exc: RunnerError) -> Response:
         if exc.status >= 500:
             logger.warning("answering %d: %s", exc.status, exc.msg)
+        if openai_errors.speaks_openai(request):
+            return openai_errors.runner_error_response(exc)
         return _detail(exc.status, exc.msg)
 
     @app.errorhandler(RequestEntityTooLarge)
     def too_large(exc: RequestEntityTooLarge) -> Response:
-        return _detail(400, f"request body too large (at most {app.config['MAX_CONTENT_LENGTH']} bytes)")
+        msg = f"request body too large (at most {app.config['MAX_CONTENT_LENGTH']} bytes)"
+        if openai_errors.speaks_openai(request):
+            return openai_errors.http_error_response(413, msg)
+        return _detail(400, msg)
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> Response:
         status = exc.code or 500
+        if openai_errors.speaks_openai(request):
+            return openai_errors.http_error_response(status, exc.description or exc.name)
         return _detail(400 if status in (413, 415, 422) else status, exc.description or exc.name)
 
     @app.errorhandler(Exception)
     def unexpected(exc: Exception) -> Response:
         logger.exception("unexpected error")
+        if openai_errors.speaks_openai(request):
+            return openai_errors.http_error_response(500, "internal error in the runner")
         return _detail(500, "internal error in the runner")

@@ -1,4 +1,5 @@
-"""Bearer tokens: with AUTH_TOKEN set every route but /health and /ready needs it; /metrics also takes METRICS_TOKEN.
+"""Bearer tokens: with AUTH_TOKEN set every route but /health and /ready needs it (the OpenAI API's
+included: it is the API key its SDKs send as a bearer token); /metrics also takes METRICS_TOKEN.
 
 /health stays open for container health checks; everything else (/fleet and /metrics list Ollama
 URLs, hosts, pids and GPU UUIDs) answers 401 without the token. go-livepeer sends the token on
@@ -22,6 +23,7 @@ from web import metrics
 OPEN_ENDPOINTS = frozenset({"runner.health", "live_runner.ready"})
 METRICS_ENDPOINT = "runner.prometheus_metrics"
 LLM_ENDPOINT = "runner.llm"
+CHAT_ENDPOINT = "runner.chat_completions"
 
 
 def bearer_token(header: str | None) -> str | None:
@@ -65,4 +67,6 @@ def install(app: Flask, settings: Settings) -> None:
         except Unauthorized:
             if request.endpoint == LLM_ENDPOINT:
                 metrics.observe_refusal("", "unauthorized")
+            elif request.endpoint == CHAT_ENDPOINT:
+                metrics.observe_refusal("", "unauthorized", api="openai")
             raise

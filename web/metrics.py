@@ -26,6 +26,8 @@ _LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120
 _DURATION = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)
 
 REQUESTS = Counter("llm_requests_total", "LLM requests by model and outcome", ["model", "outcome"])
+# The same requests by the API they came in on: "llm" (go-livepeer's /llm) or "openai" (/v1).
+API_REQUESTS = Counter("llm_api_requests_total", "LLM requests by API and outcome", ["api", "outcome"])
 TTFT = Histogram("llm_time_to_first_token_seconds", "Request received to first token relayed", ["model"],
                  buckets=_LATENCY)  # fmt: skip
 QUEUE_WAIT = Histogram("llm_queue_wait_seconds", "Job enqueued to taken by a worker", ["model"], buckets=_LATENCY)
@@ -44,10 +46,11 @@ HELPER_RESTARTS = Counter("llm_web_helper_restarts_total", "Web helper loops tha
 LISTENERS.append(lambda helper: HELPER_RESTARTS.labels(helper).inc())
 
 
-def observe(trace: JobTrace) -> None:
+def observe(trace: JobTrace, api: str = "llm") -> None:
     """Record a job that was placed in the queue, once it ended."""
     model = trace.model_id
     REQUESTS.labels(model, trace.outcome).inc()
+    API_REQUESTS.labels(api, trace.outcome).inc()
     if trace.ended_at is not None:
         DURATION.labels(model, trace.outcome).observe(trace.ended_at - trace.submitted_at)
     if trace.started_at is not None:
@@ -65,9 +68,10 @@ def observe(trace: JobTrace) -> None:
         BACKEND_ERRORS.labels(model, trace.reason or "unknown").inc()
 
 
-def observe_refusal(model: str, outcome: str) -> None:
+def observe_refusal(model: str, outcome: str, api: str = "llm") -> None:
     """Record a request answered before any job existed (bad request, unauthorized, at capacity)."""
     REQUESTS.labels(model, outcome).inc()
+    API_REQUESTS.labels(api, outcome).inc()
 
 
 class FleetCollector(Collector):

@@ -19,9 +19,8 @@ from rq.serializers import JSONSerializer
 
 from common import keys
 from common.errors import QueueUnavailable, RunnerError, no_room
-from common.events import Done, Failed, Ping, Started, Tokens, decode, sequence_of
+from common.events import Done, Failed, Ping, Started, Tokens, ToolCalls, decode, sequence_of
 from common.job_state import transition
-from common.jobs import GenerateJob
 from web import admission
 from web.client import ClientWatch
 from web.hub import RESYNC, TICK
@@ -30,7 +29,7 @@ from web.validation import LLMRequest
 
 logger = logging.getLogger(__name__)
 
-Answer = Tokens | Done | Failed
+Answer = Tokens | ToolCalls | Done | Failed
 
 
 class ClientGone(Exception):
@@ -88,19 +87,9 @@ class JobRelay:
         rt, model_id = self.rt, self.request.model.model_id
         rt.hub.ensure_running()
         try:
-            space = admission.room(rt, model_id, stream=self.request.stream)
+            space = admission.room(rt, model_id, stream=self.request.waits_for_room)
             self._inbox = rt.hub.register(self.job_id)
-            job = GenerateJob(
-                reply_to=rt.hub.channel,
-                model_id=model_id,
-                tag=self.request.model.tag,
-                messages=self.request.messages,
-                max_tokens=self.request.max_tokens,
-                temperature=self.request.temperature,
-                top_p=self.request.top_p,
-                top_k=self.request.top_k,
-                stream=self.request.stream,
-            )
+            job = self.request.job(rt.hub.channel)
             admission.place(rt, rt.queue(model_id), self.job_id, job, space)
         except (RedisError, OSError) as exc:
             self._release()
@@ -114,7 +103,7 @@ class JobRelay:
         self._last_heard = now
 
     def next_event(self) -> Answer:
-        """Block until the next Tokens, Done or Failed; raises ClientGone if the client left.
+        """Block until the next Tokens, ToolCalls, Done or Failed; raises ClientGone if the client left.
 
         Timeouts come back as a Failed: waited too long for a slot, worker silent, shutting down.
         """
@@ -234,6 +223,10 @@ class JobRelay:
             if self.trace.first_token_at is None:
                 self.trace.first_token_at = now
             self.trace.completion_tokens += event.count
+            return event
+        if isinstance(event, ToolCalls):
+            if self.trace.first_token_at is None:
+                self.trace.first_token_at = now
             return event
         self._finished = True
         if isinstance(event, Done):

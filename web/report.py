@@ -13,11 +13,11 @@ def _ms(start: float | None, end: float | None) -> str:
     return "-" if start is None or end is None else f"{(end - start) * 1000:.1f}"
 
 
-def report(trace: JobTrace) -> None:
-    """Log the job's line: model, GPU, queue wait, time to first token, tokens, outcome."""
+def report(trace: JobTrace, api: str = "llm") -> None:
+    """Log the job's line: model, GPU, queue wait, time to first token, tokens, outcome, API."""
     logger.info(
         "job %s model=%s gpu=%s worker=%s queue_ms=%s ttft_ms=%s total_ms=%s prompt_tokens=%d "
-        "completion_tokens=%d stream=%s outcome=%s reason=%s",
+        "completion_tokens=%d stream=%s outcome=%s reason=%s api=%s",
         trace.job_id,
         trace.model_id,
         trace.gpu or "-",
@@ -30,4 +30,5 @@ def report(trace: JobTrace) -> None:
         trace.stream,
         trace.outcome,
         trace.reason or "-",
+        api,
     )

@@ -1,24 +1,22 @@
-"""go-livepeer's routes: /health, /version, /hardware/*, /llm, also under a per-model prefix."""
+"""The routes: go-livepeer's /health, /version, /hardware/*, /llm, and the OpenAI API's /v1/chat/completions
+and /v1/models, each also under a per-model prefix; operators' /fleet and /metrics."""
 
 from __future__ import annotations
 
-import json
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 from flask import Blueprint, Response, g, jsonify, request
 
-from common.errors import NO_ROOM_REASONS, BadRequest, CapacityError, QueueUnavailable, RunnerError
-from common.events import Done, Failed, Tokens
+from common.errors import BadRequest, RunnerError
 from common.models import ModelSpec
-from web import answers, metrics
-from web.client import ClientWatch
-from web.relay import Answer, ClientGone, JobRelay
-from web.report import report
+from web import answers, flow, metrics, openai_errors
+from web.openai_request import check_features, model_not_found, parse_chat_request
+from web.openai_wire import OpenAIAnswer, model_entry, models_list
 from web.runtime import Runtime, runtime
-from web.sse import DONE_LINE, SSE_HEADERS, Completion
-from web.validation import parse_llm_request
+from web.sse import LlmAnswer
+from web.validation import OPENAI_API, parse_llm_request
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +31,8 @@ def job_id_header(response: Response) -> Response:
     job_id = g.get("job_id")
     if job_id is not None:
         response.headers[JOB_ID_HEADER] = job_id
+        if request.endpoint in openai_errors.ENDPOINTS:
+            response.headers["X-Request-Id"] = job_id  # what OpenAI's SDKs show as a response's request id
     return response
 
 
@@ -125,121 +125,64 @@ def llm(model_id: str | None = None) -> Response:
     except BadRequest:
         metrics.observe_refusal("", "bad_request")
         raise
-    relay = JobRelay(rt, req, ClientWatch.from_environ(request.environ))
+    return flow.serve(rt, req, lambda r: LlmAnswer(r.model.model_id), _llm_gone)
+
+
+def _llm_gone() -> Response:
+    return _json_error(500, "the client closed the connection")
+
+
+@_routes("/v1/chat/completions", methods=["POST"])
+def chat_completions(model_id: str | None = None) -> Response:
+    """OpenAI's chat completions on the same queue, workers and relay as /llm (see docs/openai.md)."""
+    rt = runtime()
     try:
-        relay.submit()
+        scope = _openai_scope(rt, model_id)
+        req = parse_chat_request(request.get_data(cache=False), rt.settings, scope)
+        check_features(req, rt.fleet.view_or_none() or [])
     except RunnerError as exc:
-        if relay.placed:
-            g.job_id = relay.job_id
-        metrics.observe_refusal(req.model.model_id, "unavailable" if isinstance(exc, QueueUnavailable) else "rejected")
+        metrics.observe_refusal("", "bad_request" if exc.status == 400 else "not_found", api=OPENAI_API)
         raise
-    g.job_id = relay.job_id
-    metrics.IN_FLIGHT.labels(req.model.model_id).inc()
-    try:
-        first = relay.next_event()
-        if isinstance(first, Failed):
-            raise _error(first)
-        completion = Completion.new(req.model.model_id)
-        if req.stream:
-            relay.watch.bound_sends(rt.settings.send_timeout_s)
-            body = _Stream(relay, completion, first)
-            response = Response(body, status=200, content_type="text/event-stream", headers=SSE_HEADERS)
-        else:
-            response = jsonify(_collect(relay, completion, first))
-    except ClientGone:
-        _finish(relay)
-        return _json_error(500, "the client closed the connection")
-    except BaseException:
-        _finish(relay)
-        raise
-    if not req.stream:
-        _finish(relay)
-    return response
+    return flow.serve(rt, req, lambda r: OpenAIAnswer(r.model.model_id, include_usage=r.include_usage),
+                      _openai_gone)  # fmt: skip
+
+
+def _openai_gone() -> Response:
+    return openai_errors.error_response(500, "the client closed the connection")
+
+
+@_routes("/v1/models", methods=["GET"])
+def models(model_id: str | None = None) -> Response:
+    """OpenAI's model list: the served ids (the prefix's only, under one), with capacity and features."""
+    rt = runtime()
+    scope = _openai_scope(rt, model_id) if model_id is not None else None
+    records = rt.fleet.view_or_none()
+    return jsonify(models_list(rt.settings, records, scope.model_id if scope else None))
+
+
+@bp.get("/v1/models/<path:model_id>")
+def model(model_id: str) -> Response:
+    """One model of the list (OpenAI's `GET /v1/models/{model}`)."""
+    rt = runtime()
+    if rt.settings.model(model_id) is None:
+        raise model_not_found(model_id, rt.settings)
+    return jsonify(model_entry(model_id, rt.fleet.view_or_none()))
+
+
+def _openai_scope(rt: Runtime, model_id: str | None) -> ModelSpec:
+    """The model a per-model prefix names, else the runner's first; ModelNotFound (404) if unknown."""
+    if model_id is None:
+        return rt.settings.default_model
+    spec = rt.settings.model(model_id)
+    if spec is None:
+        raise model_not_found(model_id, rt.settings)
+    return spec
 
 
 @bp.get("/metrics")
 def prometheus_metrics() -> Response:
     """Prometheus exposition of the runner's and the fleet's metrics."""
     return metrics.metrics_response(runtime())
-
-
-def _finish(relay: JobRelay) -> None:
-    """Close the relay (cancelling an unfinished job) and record the job once."""
-    if relay.recorded:
-        return
-    relay.recorded = True
-    relay.close()
-    relay.watch.unbound_sends()
-    metrics.IN_FLIGHT.labels(relay.trace.model_id).dec()
-    metrics.observe(relay.trace)
-    report(relay.trace)
-
-
-def _error(failed: Failed) -> RunnerError:
-    """The error a job's failure answers with; a "no room right now" failure says so to the gateway."""
-    if failed.status == 400:
-        return BadRequest(failed.msg, reason=failed.reason)
-    if failed.reason in NO_ROOM_REASONS:
-        return CapacityError(failed.msg, reason=failed.reason)
-    return RunnerError(failed.msg, reason=failed.reason)
-
-
-def _collect(relay: JobRelay, completion: Completion, event: Answer) -> dict[str, object]:
-    """Gather the whole answer (non-streaming)."""
-    parts: list[str] = []
-    while True:
-        if isinstance(event, Tokens):
-            parts.append(event.text_json)
-        elif isinstance(event, Done):
-            text = "".join(json.loads(f"[{','.join(parts)}]"))
-            return completion.answer(text, event.finish_reason, event.prompt_tokens, event.completion_tokens)
-        else:
-            raise _error(event)
-        event = relay.next_event()
-
-
-class _Stream:
-    """The SSE body: content chunks, one final chunk with finish_reason and usage, then [DONE].
-
-    A class rather than a generator so that `close()` (called by the server when the client
-    is gone, even before the first chunk) always finishes the job.
-    """
-
-    def __init__(self, relay: JobRelay, completion: Completion, first: Answer) -> None:
-        self.relay = relay
-        self.completion = completion
-        self.first = first
-
-    def __iter__(self) -> Iterator[bytes]:
-        relay, completion = self.relay, self.completion
-        sent_tokens = 0
-        event = self.first
-        try:
-            while True:
-                out = []
-                for item in [event, *relay.pending()]:
-                    if isinstance(item, Tokens):
-                        sent_tokens += item.count
-                        out.append(completion.content_chunk(item.text_json, sent_tokens))
-                        continue
-                    if isinstance(item, Done):
-                        out.append(completion.final_chunk(item.finish_reason, item.prompt_tokens,
-                                                          item.completion_tokens))  # fmt: skip
-                    else:
-                        out.append(completion.final_chunk("error", 0, sent_tokens))
-                    out.append(DONE_LINE)
-                    yield b"".join(out)
-                    return
-                yield b"".join(out)
-                event = relay.next_event()
-        except ClientGone:
-            return
-        finally:
-            _finish(relay)
-
-    def close(self) -> None:
-        """Finish the job if the body was not read to the end."""
-        _finish(self.relay)
 
 
 def _json_error(status: int, msg: str) -> Response:

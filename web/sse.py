@@ -10,6 +10,10 @@ import json
 import time
 import uuid
 from dataclasses import dataclass
+from typing import Any
+
+from common.errors import RunnerError
+from common.events import Done, Failed, Tokens, ToolCalls
 
 DONE_LINE = b"data: [DONE]\n\n"
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -68,3 +72,34 @@ class Completion:
                 {"index": 0, "finish_reason": finish_reason, "message": {"role": "assistant", "content": text}}
             ],
         }
+
+
+class LlmAnswer:
+    """An answer to go-livepeer's /llm in the shapes above (the request flow's view of Completion)."""
+
+    def __init__(self, model: str) -> None:
+        self.completion = Completion.new(model)
+
+    def content(self, event: Tokens, sent_tokens: int) -> bytes:
+        """A content chunk with the running usage."""
+        return self.completion.content_chunk(event.text_json, sent_tokens)
+
+    def tool_calls(self, event: ToolCalls) -> bytes:
+        """Nothing: /llm never offers tools, so no tool call ever comes."""
+        return b""
+
+    def end(self, done: Done, sent_tokens: int) -> bytes:
+        """The final chunk (finish_reason and usage; "error" for an interrupted generation), `[DONE]`."""
+        return self.completion.final_chunk(done.finish_reason, done.prompt_tokens, done.completion_tokens) + DONE_LINE
+
+    def broken(self, failed: Failed, sent_tokens: int) -> bytes:
+        """A failure after the first chunk: a final chunk with finish_reason "error", never an error-only one."""
+        return self.completion.final_chunk("error", 0, sent_tokens) + DONE_LINE
+
+    def unfinished(self, done: Done) -> RunnerError | None:
+        """None: go-livepeer gets what was generated, finish_reason "error" telling it was cut."""
+        return None
+
+    def answer(self, text: str, calls: list[dict[str, Any]], done: Done) -> dict[str, object]:
+        """The whole non-streaming answer."""
+        return self.completion.answer(text, done.finish_reason, done.prompt_tokens, done.completion_tokens)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from common.errors import BadRequest
+from common.jobs import GenerateJob
 from common.models import ModelSpec
 from common.settings import Settings
 
@@ -15,22 +16,48 @@ ROLES = ("system", "user", "assistant")
 MAX_TOP_K = 1_000_000
 
 
+LLM_API, OPENAI_API = "llm", "openai"
+
+
 @dataclass(frozen=True)
 class LLMRequest:
-    """A validated /llm request, with its model resolved to a configured one."""
+    """A validated chat request of either API (/llm or /v1/chat/completions), its model resolved."""
 
     model: ModelSpec
-    messages: list[dict[str, str]]
+    messages: list[dict[str, Any]]
     max_tokens: int
     temperature: float
     top_p: float
     top_k: int
     stream: bool
+    # The OpenAI API's own options (none on /llm: go-livepeer never forwards them).
+    stop: list[str] | None = None
+    seed: int | None = None
+    response_format: dict[str, Any] | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    include_usage: bool = False
+    api: str = LLM_API
+
+    @property
+    def waits_for_room(self) -> bool:
+        """Whether the job waits in the queue when its model's room is full, rather than being
+        refused at once: only go-livepeer's streams, which it cannot read a refusal of."""
+        return self.stream and self.api == LLM_API
+
+    def job(self, reply_to: str) -> GenerateJob:
+        """The job a worker runs for this request, its events going to `reply_to`."""
+        return GenerateJob(
+            reply_to=reply_to, model_id=self.model.model_id, tag=self.model.tag, messages=self.messages,
+            max_tokens=self.max_tokens, temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
+            stream=self.stream, stop=self.stop, seed=self.seed, response_format=self.response_format,
+            tools=self.tools, tool_choice=self.tool_choice,
+        )  # fmt: skip
 
 
 def parse_llm_request(body: bytes, settings: Settings, default_model: ModelSpec) -> LLMRequest:
     """Parse and check a request body; raises BadRequest naming the first problem found."""
-    data = _load_json(body)
+    data = load_json(body)
     if not isinstance(data, dict):
         raise BadRequest("request body must be a JSON object with a 'messages' list")
     return LLMRequest(
@@ -39,11 +66,11 @@ def parse_llm_request(body: bytes, settings: Settings, default_model: ModelSpec)
         # Any max_tokens >= 1 is served, as by Livepeer's reference runner (go-livepeer has already
         # charged the user for it): the generation stops at MAX_TOKENS or when the model's
         # context is full, with finish_reason "length".
-        max_tokens=min(_integer(data, "max_tokens", 256, low=1), settings.max_tokens_limit),
-        temperature=_number(data, "temperature", 0.7, low=0.0, high=2.0),
-        top_p=_number(data, "top_p", 1.0, low=0.0, high=1.0),
-        top_k=_integer(data, "top_k", -1, low=-MAX_TOP_K, high=MAX_TOP_K),
-        stream=_boolean(data, "stream", False),
+        max_tokens=min(integer_field(data, "max_tokens", 256, low=1), settings.max_tokens_limit),
+        temperature=number_field(data, "temperature", 0.7, low=0.0, high=2.0),
+        top_p=number_field(data, "top_p", 1.0, low=0.0, high=1.0),
+        top_k=integer_field(data, "top_k", -1, low=-MAX_TOP_K, high=MAX_TOP_K),
+        stream=boolean_field(data, "stream", False),
     )
 
 
@@ -51,7 +78,8 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not allowed in JSON")
 
 
-def _load_json(body: bytes) -> Any:
+def load_json(body: bytes) -> Any:
+    """The body as JSON (NaN and Infinity refused); BadRequest naming what is wrong with it."""
     if not body.strip():
         raise BadRequest("request body is empty; send a JSON object with a 'messages' list")
     try:
@@ -93,9 +121,9 @@ def _messages(value: Any, settings: Settings) -> list[dict[str, str]]:
             raise BadRequest(f"messages[{i}] must be an object with 'role' and 'content'")
         role, content = message.get("role"), message.get("content")
         if role not in ROLES:
-            raise BadRequest(f"messages[{i}].role must be one of {', '.join(ROLES)}; got {_show(role)}")
+            raise BadRequest(f"messages[{i}].role must be one of {', '.join(ROLES)}; got {show_value(role)}")
         if not isinstance(content, str):
-            raise BadRequest(f"messages[{i}].content must be a string; got {_show(content)}")
+            raise BadRequest(f"messages[{i}].content must be a string; got {show_value(content)}")
         try:
             content.encode("utf-8")
         except UnicodeEncodeError:
@@ -107,12 +135,13 @@ def _messages(value: Any, settings: Settings) -> list[dict[str, str]]:
     return messages
 
 
-def _integer(data: dict[str, Any], name: str, default: int, *, low: int, high: int | None = None) -> int:
+def integer_field(data: dict[str, Any], name: str, default: int, *, low: int, high: int | None = None) -> int:
+    """`data[name]` as a whole number in range (a float with no fraction counts), or `default`."""
     value = data.get(name)
     if value is None:
         return default
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise BadRequest(f"'{name}' must be an integer; got {_show(value)}")
+        raise BadRequest(f"'{name}' must be an integer; got {show_value(value)}")
     if isinstance(value, float):
         if not value.is_integer():
             raise BadRequest(f"'{name}' must be an integer; got {value!r}")
@@ -124,27 +153,29 @@ def _integer(data: dict[str, Any], name: str, default: int, *, low: int, high: i
     return value
 
 
-def _number(data: dict[str, Any], name: str, default: float, *, low: float, high: float) -> float:
+def number_field(data: dict[str, Any], name: str, default: float, *, low: float, high: float) -> float:
+    """`data[name]` as a finite number in range, or `default`."""
     value = data.get(name)
     if value is None:
         return default
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise BadRequest(f"'{name}' must be a number; got {_show(value)}")
+        raise BadRequest(f"'{name}' must be a number; got {show_value(value)}")
     if not (math.isfinite(value) and low <= value <= high):
         raise BadRequest(f"'{name}' must be between {low:g} and {high:g}; got {value!r}")
     return float(value)
 
 
-def _boolean(data: dict[str, Any], name: str, default: bool) -> bool:
+def boolean_field(data: dict[str, Any], name: str, default: bool) -> bool:
+    """`data[name]` as true or false, or `default`."""
     value = data.get(name)
     if value is None:
         return default
     if not isinstance(value, bool):
-        raise BadRequest(f"'{name}' must be true or false; got {_show(value)}")
+        raise BadRequest(f"'{name}' must be true or false; got {show_value(value)}")
     return value
 
 
-def _show(value: Any) -> str:
+def show_value(value: Any) -> str:
     """A short, safe rendering of a bad value for an error message."""
     if value is None:
         return "nothing"

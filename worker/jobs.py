@@ -15,7 +15,7 @@ from rq import get_current_job
 from rq.job import Job
 
 from common.errors import CONTINUABLE_REASONS, BackendError, JobCancelled, QueueUnavailable
-from common.events import Done, Failed, Started, encode, encode_tokens
+from common.events import Done, Failed, Started, ToolCalls, encode, encode_tokens
 from common.jobs import GenerateJob
 from worker import context
 from worker.active import Handle
@@ -116,6 +116,8 @@ class _Relay:
             group = texts[start : start + TOKENS_PER_EVENT]
             self.publish(encode_tokens(self.job_id, json.dumps("".join(group), ensure_ascii=False), len(group)))
         self.relayed += len(texts)
+        if parsed.tool_calls:
+            self.publish(encode(self.job_id, ToolCalls(json.dumps(parsed.tool_calls, ensure_ascii=False))))
         self.thinking += parsed.thinking
         if parsed.error is not None:
             raise parsed.error

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from common.errors import BackendError
 from common.jobs import GenerateJob
+from worker.ollama_openai import ollama_format, ollama_messages, tool_call_deltas
 
 logger = logging.getLogger(__name__)
 
@@ -36,9 +37,13 @@ def chat_body(job: GenerateJob, *, num_ctx: int, keep_alive: int | str, think: b
         "top_k": max(job.top_k, 0),
         "num_ctx": num_ctx,
     }
-    body = {
+    if job.stop:
+        options["stop"] = job.stop
+    if job.seed is not None:
+        options["seed"] = job.seed
+    body: dict[str, Any] = {
         "model": job.tag,
-        "messages": job.messages,
+        "messages": ollama_messages(job.messages),
         "stream": True,
         "think": think,
         # Refuse a prompt that does not fit instead of dropping messages (server/prompt.go,
@@ -48,6 +53,12 @@ def chat_body(job: GenerateJob, *, num_ctx: int, keep_alive: int | str, think: b
         "keep_alive": keep_alive,
         "options": options,
     }
+    if (fmt := ollama_format(job.response_format)) is not None:
+        body["format"] = fmt
+    # Ollama takes no tool_choice: "none" is honoured by not offering the tools; the web refuses
+    # "required" and named choices for Ollama's models (they lack the `tool_choice` feature).
+    if job.tools and job.tool_choice != "none":
+        body["tools"] = job.tools
     return json.dumps(body, separators=(",", ":")).encode()
 
 
@@ -70,8 +81,11 @@ class Final:
 
     @property
     def finish_reason(self) -> str:
-        """The OpenAI finish_reason: `length` when num_predict or the context cut it, `stop` otherwise."""
-        return "length" if self.done_reason == "length" else "stop"
+        """The OpenAI finish_reason: `length` when num_predict or the context cut it, `tool_calls` when
+        an OpenAI-compatible engine said so, `stop` otherwise."""
+        if self.done_reason in ("length", "tool_calls"):
+            return self.done_reason
+        return "stop"
 
     @classmethod
     def clean_end(cls, relayed: int) -> Final:
@@ -95,6 +109,8 @@ class Parsed:
     thinking: int = 0
     final: Final | None = None
     error: BackendError | None = None
+    # Tool calls, as OpenAI streams them (see common.events.ToolCalls); relayed after the texts.
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
 
 
 def parse_lines(lines: list[bytes]) -> Parsed:
@@ -124,6 +140,9 @@ def parse_lines(lines: list[bytes]) -> Parsed:
                 parsed.texts.append(content)
             if isinstance(thinking, str) and thinking:
                 parsed.thinking += 1
+            calls = message.get("tool_calls")
+            if isinstance(calls, list) and calls:
+                parsed.tool_calls += tool_call_deltas(calls)
         if obj.get("done") is True:
             parsed.final = Final(
                 done_reason=str(obj.get("done_reason") or "stop"),

@@ -40,6 +40,9 @@ logger = logging.getLogger(__name__)
 MODELS_TIMEOUT_S = 10.0
 # Counting a prompt's tokens for a continuation's usage: short, and the usage falls back if it fails.
 COUNT_TIMEOUT_S = 5.0
+# The OpenAI API's options an OpenAI-compatible engine gets as the client sent them: it honours
+# them, or refuses them with an error the client sees (vLLM without --enable-auto-tool-choice, say).
+PASSED_THROUGH = ("tools", "tool_choice", "response_format")
 VRAM_NOTE = (
     "VRAM fit is the engine's business: an OpenAI-compatible engine sizes and holds its own models, "
     "so this worker neither estimates nor checks their memory"
@@ -118,8 +121,17 @@ class OpenAIBackend(Backend):
         return SseParser()
 
     def error(self, status: int, body: bytes, job: GenerateJob) -> BackendError:
-        """The engine's error statuses (see `openai_wire.error_for_status`)."""
-        return error_for_status(status, body, served=self._served_name(job), url=self.url)
+        """The engine's error statuses (see `openai_wire.error_for_status`).
+
+        A 422 (FastAPI's validation) to a job carrying the OpenAI API's options refuses what the client
+        chose, not the runner's request: llama-cpp-python's server takes no response_format of type
+        json_schema (llama_cpp/llama_types.py, ChatCompletionRequestResponseFormat).
+        """
+        mapped = error_for_status(status, body, served=self._served_name(job), url=self.url)
+        if status == 422 and any(getattr(job, name) is not None for name in PASSED_THROUGH):
+            return BackendError(f"the engine refused the request's options: {mapped.msg}", reason="rejected",
+                                status=400)  # fmt: skip
+        return mapped
 
     def _models(self) -> dict[str, ServedModel]:
         def on_error(status: int, body: bytes) -> BackendError:
@@ -153,7 +165,7 @@ class OpenAIBackend(Backend):
         template_note = None if self.template is not None else self.template_note
         for spec in self.settings.models:
             listed = spec.tag in self.served
-            fit = ModelFit(tag=spec.tag, installed=listed, fits=True, loaded=listed)
+            fit = ModelFit(tag=spec.tag, installed=listed, fits=True, loaded=listed, features=list(PASSED_THROUGH))
             fit.continuation, fit.continuation_note = openai_flavour.verdict(self.flavour, template_note)
             if not listed:
                 fit.note = (f"{spec.tag!r} is not served by the engine at {self.url} (its /v1/models lists "

@@ -41,6 +41,10 @@ def chat_body(job: GenerateJob, served: str, *, max_tokens: int, extra: dict[str
     }
     if job.top_k > 0:  # not OpenAI's, but vLLM, SGLang and llama.cpp's servers take it
         body["top_k"] = job.top_k
+    # The OpenAI API's options go to the engine as the client sent them; it honours or refuses them.
+    for name in ("stop", "seed", "response_format", "tools", "tool_choice"):
+        if (value := getattr(job, name)) is not None:
+            body[name] = value
     if extra:
         body.update(extra)
     return json.dumps(body, separators=(",", ":")).encode()
@@ -51,8 +55,12 @@ def completion_body(job: GenerateJob, served: str, *, prompt: str, stop: str, ma
     the job's sampling options; `stop` is the end-of-turn text the chat handler would stop at."""
     body: dict[str, Any] = {"model": served, "prompt": prompt, "max_tokens": max_tokens, "temperature": job.temperature,
                             "top_p": job.top_p, "stream": True}  # fmt: skip
-    if stop:
-        body["stop"] = [stop]
+    stops = [stop] if stop else []
+    stops += job.stop or []
+    if stops:
+        body["stop"] = stops
+    if job.seed is not None:
+        body["seed"] = job.seed
     if job.top_k > 0:
         body["top_k"] = job.top_k
     return json.dumps(body, separators=(",", ":")).encode()
@@ -72,6 +80,7 @@ class SseParser:
         self.finish_reason: str | None = None
         self.usage: tuple[int, int] | None = None
         self.relayed = 0
+        self.calls = ToolCallDeltas()
 
     def feed(self, lines: list[bytes]) -> Parsed:
         """Parse complete lines; `final` once `[DONE]` came, `error` on an error event or bad data."""
@@ -101,10 +110,10 @@ class SseParser:
                 parsed.error = BackendError(f"the engine failed mid-stream: {error_message(obj)}",
                                             reason="stream_error")  # fmt: skip
                 return parsed
-            self._take(obj, parsed.texts)
+            self._take(obj, parsed)
         return parsed
 
-    def _take(self, chunk: dict[str, Any], texts: list[str]) -> None:
+    def _take(self, chunk: dict[str, Any], parsed: Parsed) -> None:
         for choice in chunk.get("choices") or ():
             if not isinstance(choice, dict) or choice.get("index", 0) != 0:
                 continue
@@ -112,7 +121,11 @@ class SseParser:
             # A chat chunk's delta, or a completion chunk's `text` (llama-cpp-python's /v1/completions).
             content = delta.get("content") if isinstance(delta, dict) else choice.get("text")
             if isinstance(content, str) and content:
-                texts.append(content)
+                parsed.texts.append(content)
+                self.relayed += 1
+            calls = delta.get("tool_calls") if isinstance(delta, dict) else None
+            if isinstance(calls, list) and (deltas := self.calls.take(calls)):
+                parsed.tool_calls += deltas
                 self.relayed += 1
             reason = choice.get("finish_reason")
             if isinstance(reason, str) and reason:
@@ -168,6 +181,8 @@ def error_for_status(status: int, body: bytes, *, served: str, url: str) -> Back
     except ValueError:
         detail = ""
     detail = detail or body[:200].decode(errors="replace").strip() or "no detail"
+    if status == 400 and _context_overflow(body, detail):
+        return BackendError(f"the engine rejected the request: {detail}", reason="prompt_too_long", status=400)
     if status == 400:
         # e.g. vLLM and llama-cpp-python: the prompt (or prompt + max_tokens) exceeds the context.
         return BackendError(f"the engine rejected the request: {detail}", reason="rejected", status=400)
@@ -180,6 +195,46 @@ def error_for_status(status: int, body: bytes, *, served: str, url: str) -> Back
     if status in (429, 503):
         return BackendError(f"insufficient capacity: the engine at {url} is busy ({status}: {detail})", reason="busy")
     return BackendError(f"the engine failed ({status}): {detail}", reason="engine_error")
+
+
+def _context_overflow(body: bytes, detail: str) -> bool:
+    """Whether a 400 says the prompt does not fit: llama-cpp-python's code `context_length_exceeded`
+    (llama_cpp/server/errors.py), or vLLM's message "This model's maximum context length is …"."""
+    return b'"context_length_exceeded"' in body or "maximum context length" in detail
+
+
+class ToolCallDeltas:
+    """Streamed tool-call deltas made exactly OpenAI's: a call's `id`, `type` and `function.name` on
+    its first delta only, `function.arguments` in pieces after. llama-cpp-python repeats id and name
+    on every delta (llama_cpp/llama_chat_format.py, _convert_completion_to_chat_function), which
+    OpenAI's SDK would concatenate (openai/lib/streaming/_deltas.py, accumulate_delta)."""
+
+    def __init__(self) -> None:
+        self.seen: set[int] = set()
+
+    def take(self, calls: list[Any]) -> list[dict[str, Any]]:
+        """The deltas of one chunk, normalised; malformed entries dropped."""
+        out = []
+        for call in calls:
+            if not isinstance(call, dict) or not isinstance(index := call.get("index", 0), int):
+                continue
+            function = call.get("function")
+            if not isinstance(function, dict):
+                function = {}
+            arguments = function.get("arguments")
+            delta: dict[str, Any] = {"index": index}
+            if index not in self.seen:
+                self.seen.add(index)
+                delta["id"] = str(call.get("id") or f"call_{index}")
+                delta["type"] = "function"
+                delta["function"] = {"name": str(function.get("name") or ""),
+                                     "arguments": arguments if isinstance(arguments, str) else ""}  # fmt: skip
+            elif isinstance(arguments, str) and arguments:
+                delta["function"] = {"arguments": arguments}
+            else:
+                continue
+            out.append(delta)
+        return out
 
 
 @dataclass(frozen=True)

@@ -134,6 +134,7 @@ def _assess(
     assert isinstance(info, dict) and isinstance(details, dict)
     fit.family = str(details.get("family") or info.get("general.architecture") or "")
     fit.continuation, fit.continuation_note = continuation(shown)
+    fit.features = ollama_features(shown.get("capabilities"))
     fit.slots = 1 if fit.family in SINGLE_SEQUENCE_FAMILIES else settings.slots
     if fit.slots < settings.slots:
         logger.warning("model %s (%s): Ollama runs %s models one request at a time; serving it with 1 slot",
@@ -166,6 +167,15 @@ def _assess(
         logger.info(
             "model %s (%s): needs %s; usable VRAM %.2f GiB: %s", spec.model_id, spec.tag, detail, budget / GIB, verdict
         )
+
+
+def ollama_features(capabilities: object) -> list[str]:
+    """The OpenAI API's options Ollama takes for a model: a `format` always (a grammar or a JSON
+    schema for llama-server: llm/llama_server.go Completion), `tools` only where /api/show lists
+    the capability (server/routes.go ChatHandler refuses them otherwise: "does not support tools"),
+    never a tool_choice (api/types.go ChatRequest has none)."""
+    tools = isinstance(capabilities, list) and "tools" in capabilities
+    return ["tools", "response_format"] if tools else ["response_format"]
 
 
 def all_stay_loaded(settings: Settings, fits: dict[str, ModelFit], budget: int | None) -> bool:
