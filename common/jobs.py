@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import MISSING, dataclass, fields
 from typing import Any
 
 # How long RQ keeps a finished job's record, a failed one's, and the most a job may sit queued
@@ -27,8 +27,9 @@ class GenerateJob:
     Same sampling options as the original job.
 
     The options `stop` to `tool_choice` come from the OpenAI API only (go-livepeer's /llm carries
-    none of them); they default to "not asked", and a payload leaves them out when they are, so a
-    job from either API decodes on workers of either version.
+    none of them); they default to "not asked". A payload leaves every field out that holds its
+    default (those options, and the continuation's), so an original job from either API decodes
+    on workers of either version.
     """
 
     reply_to: str
@@ -60,8 +61,8 @@ class GenerateJob:
         """The plain dict RQ stores (JSON-serialised, readable in rq-dashboard); unset options left out."""
         # Not dataclasses.asdict: it deep-copies every message, and this runs per request.
         payload = {f.name: getattr(self, f.name) for f in fields(self)}
-        for name in _OPTIONAL:
-            if payload[name] is None:
+        for name, default in _DEFAULTS.items():
+            if payload[name] == default:
                 del payload[name]
         return payload
 
@@ -83,4 +84,6 @@ class GenerateJob:
         return f"generate {self.model_id} ({self.tag}) max_tokens={self.max_tokens}{more}"
 
 
-_OPTIONAL = ("stop", "seed", "response_format", "tools", "tool_choice")
+# Fields a payload leaves out while they hold their default: an original /llm job's payload is what
+# it always was, readable by workers of any version.
+_DEFAULTS: dict[str, object] = {f.name: f.default for f in fields(GenerateJob) if f.default is not MISSING}
