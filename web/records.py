@@ -1,7 +1,10 @@
 """What the web writes in RQ's records about a job it ends itself, and the cancels it broadcasts.
 
 Each end record is one guarded transition (common.job_state): written only while the job has the
-status the web expects, so a worker that ended the job first wins.
+status the web expects, so a worker that ended the job first wins, and a rerun of the same write
+(redis-py retries a command whose answer was lost) finds its own result and changes nothing.
+Each also notes the job in the prompt-retention set (scored by its end, on Redis's clock), so
+the workers' sweep blanks its prompt PROMPT_RETENTION_S later, as for the jobs workers end.
 """
 
 from __future__ import annotations
@@ -47,14 +50,17 @@ def unqueue(redis: Redis, settings: Settings, queue_key: str, job_id: str) -> bo
     """Take the job off its queue and record it canceled, atomically, if it is still queued;
     False when a worker has taken it (or it is gone)."""
     job = Job.fetch(job_id, connection=redis, serializer=JSONSerializer)
+    score = _ended_score(redis, settings)
 
     def write(pipe: Pipeline) -> None:
         pipe.lrem(queue_key, 1, job_id)
         job.cancel(pipeline=pipe)  # RQ's own record: canceled, in the CanceledJobRegistry
+        pipe.zadd(keys.prompt_retention(), {job_id: score})
 
     # Only while still queued, atomically: a worker that took the id meanwhile (it sits in RQ's
-    # intermediate queue) sees the job canceled when it records the start, and stops it.
-    return transition(redis, job.key, {JobStatus.QUEUED}, write) is None
+    # intermediate queue) sees the job canceled when it records the start, and stops it. Found
+    # canceled: this very write ran already (only this request cancels its job).
+    return transition(redis, job.key, {JobStatus.QUEUED}, write) in (None, JobStatus.CANCELED)
 
 
 def fail_abandoned(redis: Redis, settings: Settings, queue_key: str, job_id: str, msg: str) -> None:
@@ -71,11 +77,14 @@ def fail_abandoned(redis: Redis, settings: Settings, queue_key: str, job_id: str
             for entry_id, execution_id in registry.get_job_and_execution_ids(cleanup=False)
             if entry_id == job_id
         ]
+        score = _ended_score(redis, settings)
 
         def write(pipe: Pipeline) -> None:
             record_job_failure(job, msg, pipe)
             if entries:
                 pipe.zrem(registry.key, *entries)
+            pipe.lrem(queue_key, 1, job_id)  # a job still queued leaves its queue with its end
+            pipe.zadd(keys.prompt_retention(), {job_id: score})
 
         # Only while not ended: a worker that recorded its end first (it was not lost) wins. It
         # may still read queued: the worker sends to its engine before it records the start.
@@ -85,3 +94,10 @@ def fail_abandoned(redis: Redis, settings: Settings, queue_key: str, job_id: str
     except (RedisError, OSError, NoSuchJobError) as exc:
         logger.warning("job %s: could not mark it failed: %s", job_id, exc)
 
+
+def _ended_score(redis: Redis, settings: Settings) -> float:
+    """The job's score in the prompt-retention set: its end on Redis's clock (the clock the sweep
+    compares with), moved back by the retention when prompts go at start (it never started)."""
+    seconds, micros = redis.time()
+    now = seconds + micros / 1_000_000
+    return now - settings.prompt_retention_s if settings.drop_prompts_at_start else now
