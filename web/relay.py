@@ -54,6 +54,7 @@ class JobRelay:
         self._inbox: queue.SimpleQueue[bytes] | None = None
         self._events = Sequencer(self.job_id, time.monotonic())
         self._placed_at = 0.0
+        self._started = False  # the job followed now was taken by a worker (Started)
         self._finished = False
         self._ready: deque[Answer] = deque()
 
@@ -104,7 +105,7 @@ class JobRelay:
         self.job_id = job_id
         self._placed_at = time.monotonic()
         self._events = Sequencer(job_id, self._placed_at)
-        self._finished = False
+        self._started = self._finished = False
 
     def next_event(self) -> Answer:
         """Block until the next Tokens, Done or Failed; raises ClientGone if the client left.
@@ -200,7 +201,9 @@ class JobRelay:
         if isinstance(event, Ping):
             return
         if isinstance(event, Started):
-            trace.started_at = now
+            self._started = True
+            if trace.started_at is None:
+                trace.started_at = now
             trace.worker, trace.gpu = event.worker, event.gpu
             return
         if isinstance(event, Tokens):
@@ -226,7 +229,7 @@ class JobRelay:
         progress = deadlines.Progress(
             self.request.model.model_id,
             self._placed_at,
-            started=self.trace.started_at is not None,
+            started=self._started,
             last_heard=events.last_heard,
             worker=self.trace.worker,
             replay_due=events.replay_due,
@@ -251,8 +254,7 @@ class JobRelay:
         """Take the job off its queue if no worker has taken it yet; else tell the workers to drop it."""
         self._finished = True
         rt = self.rt
-        taken = self.trace.started_at is not None
-        records.cancel(rt.redis, rt.settings, self._queue_key(), self.job_id, taken=taken, why=why)
+        records.cancel(rt.redis, rt.settings, self._queue_key(), self.job_id, taken=self._started, why=why)
 
     def _queue_key(self) -> str:
         key: str = self.rt.queue(self.request.model.model_id).key
