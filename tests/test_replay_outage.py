@@ -1,5 +1,6 @@
 """A request whose events cannot be replayed (Redis unreachable right after the web's subscription
-came back) still ends by its deadlines: the worker's silence, or the shutdown's grace."""
+came back) still ends by its deadlines: the worker's silence, the shutdown's grace, its client
+leaving."""
 
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ def proxy(redis_server: RedisServer) -> Iterator[RedisProxy]:
     made.close()
 
 
-@pytest.mark.parametrize("deadline", ["shutdown", "worker_silence"])
+@pytest.mark.parametrize("deadline", ["shutdown", "worker_silence", "client_gone"])
 def test_a_request_whose_replay_fails_ends_by_its_deadline(
     stack: Stack, fake_ollama: FakeOllama, redis: Redis, proxy: RedisProxy, deadline: str
 ) -> None:
@@ -51,6 +52,13 @@ def test_a_request_whose_replay_fails_ends_by_its_deadline(
     assert redis.client_kill_filter(_type="pubsub") >= 1
     wait_until(lambda: "cannot replay its events yet" in web.output(), 10, "a replay that failed")
     proxy.refuse((b"",))  # now Redis is unreachable from the web altogether
+    if deadline == "client_gone":
+        stream.close()
+        cut = time.monotonic()
+        # Noticed, and its end recorded (the cancel itself cannot reach Redis): the job's log line.
+        wait_until(lambda: "outcome=cancelled reason=client_gone" in web.output(), MARGIN_S, "the job's end")
+        assert time.monotonic() - cut < MARGIN_S
+        return
     if deadline == "shutdown":
         web.signal(signal.SIGTERM)
     cut = time.monotonic()
