@@ -101,7 +101,7 @@ def test_a_job_the_web_ends_keeps_its_prompt_no_longer_than_the_retention(
     assert job.get_status().value == status and redis.llen(QUEUE_KEY) == 0
     sweep = PromptRetention(redis, RETENTION_S, drop_at_start)
     if not drop_at_start:
-        sweep.sweep(redis)  # a sweep now: the prompt is kept for the retention
+        sweep.sweep(redis, time.time())  # a sweep now: the prompt is kept for the retention
         assert MARKER.encode() in everything_in(redis)
     sweep.sweep(redis, now=time.time() + (1 if drop_at_start else RETENTION_S + 1))
     assert MARKER.encode() not in everything_in(redis)
