@@ -16,7 +16,6 @@ from common.fleet import READY, WorkerRecord, capacity, read_fleet, why_unserved
 from common.redis_client import make_redis
 from common.settings import Settings
 from common.vram import GIB
-from ops.secrets_file import shown_url
 from worker.gpu import GpuMonitor, list_gpus
 from worker.ollama_admin import OllamaAdmin, normalize_tag
 
@@ -56,13 +55,14 @@ def doctor(settings: Settings, out: TextIO = sys.stdout) -> int:
     """Check Redis, the fleet's workers and their Ollamas, GPUs and every model's fit; 0 if all is well."""
     report = Report(out)
     report.ok(f"configuration: {len(settings.models)} model(s): {', '.join(m.model_id for m in settings.models)}")
-    redis = make_redis(settings.redis_url, max_connections=4)
+    redis = make_redis(settings.redis_target, max_connections=4)
+    where = settings.redis_target.describe()
     try:
         version = redis.info("server").get("redis_version", "?")
-        report.ok(f"Redis at {shown_url(settings.redis_url)} answers (version {version})")
+        report.ok(f"Redis at {where} answers (version {version})")
         records = read_fleet(redis)
     except (RedisError, OSError) as exc:
-        report.fail(f"cannot reach Redis at {shown_url(settings.redis_url)}: {exc}", "start Redis or fix REDIS_URL")
+        report.fail(f"cannot reach Redis at {where}: {exc}", "start Redis or fix REDIS_URL (or REDIS_SENTINELS)")
         records = None
     _check_local(settings, report)
     if records is not None:
@@ -167,7 +167,7 @@ def ollama_urls(settings: Settings, explicit: list[str] | None) -> list[str]:
         return explicit
     urls = [settings.ollama_url]
     with contextlib.suppress(RedisError, OSError):
-        records = read_fleet(make_redis(settings.redis_url, max_connections=4))
+        records = read_fleet(make_redis(settings.redis_target, max_connections=4))
         urls += [r.ollama_url for r in records if r.backend == "ollama" and r.ollama_url]
     return list(dict.fromkeys(urls))
 
@@ -206,7 +206,7 @@ def aimodels(
     million tokens is price_per_unit = that price with pixels_per_unit = 1 000 000.
     """
     try:
-        records: list[WorkerRecord] = read_fleet(make_redis(settings.redis_url, max_connections=4))
+        records: list[WorkerRecord] = read_fleet(make_redis(settings.redis_target, max_connections=4))
     except (RedisError, OSError):
         records = []
     entries = []

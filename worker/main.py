@@ -61,7 +61,9 @@ def run(settings: Settings) -> None:
     signal.signal(signal.SIGINT, on_signal)
 
     # Connections: one per slot (job bookkeeping), plus the loop, publisher, heartbeat, commands.
-    redis = make_redis(settings.redis_url, max_connections=settings.slots + 8, command_timeout_s=DEQUEUE_TIMEOUT_S + 5)
+    redis = make_redis(
+        settings.redis_target, max_connections=settings.slots + 8, command_timeout_s=DEQUEUE_TIMEOUT_S + 5
+    )
     gpu = GpuMonitor(settings.gpu_index)
     info = gpu.read()
     budget = vram_budget(settings, info.memory_total if info else None)
@@ -91,7 +93,7 @@ def run(settings: Settings) -> None:
         engine_note=backend.note(),
     )
     active = ActiveJobs()
-    publisher = Publisher(settings.redis_url, streams.loop)
+    publisher = Publisher(settings.redis_target, streams.loop)
     context.install(
         context.WorkerContext(settings, redis, name, label, active, publisher, streams, backend, models=record.models)
     )

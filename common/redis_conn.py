@@ -1,0 +1,125 @@
+"""Where Redis is: one URL, or a master that Redis Sentinel names and that moves on failover.
+
+redis-py does the following: `Sentinel.master_for`'s pool asks the sentinels for the master's
+address at each new connection, turns a demoted master's READONLY into a reconnect
+(redis/sentinel.py SentinelManagedConnection.read_response), and its asyncio twin does the same
+(redis/asyncio/sentinel.py). This module only builds those pools from the runner's settings: the
+Redis password, user name, database and TLS come from REDIS_URL (its host is then unused), the
+sentinels' own password from REDIS_SENTINEL_PASSWORD; with `rediss://` the sentinels are spoken
+to over TLS as well.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from redis import BlockingConnectionPool
+from redis.asyncio import sentinel as async_sentinel
+from redis.asyncio.connection import ConnectionPool as AsyncConnectionPool
+from redis.connection import parse_url
+from redis.sentinel import Sentinel, SentinelConnectionPool
+
+# Sentinel's own default port.
+SENTINEL_PORT = 26379
+# A sentinel that does not answer within this is skipped for the next one.
+SENTINEL_TIMEOUT_S = 1.0
+
+
+@dataclass(frozen=True)
+class RedisTarget:
+    """REDIS_URL, and when REDIS_SENTINELS is set the sentinels and the master name they watch."""
+
+    url: str
+    sentinels: tuple[tuple[str, int], ...] = ()
+    master: str = ""
+    sentinel_password: str | None = None
+
+    @property
+    def tls(self) -> bool:
+        """Whether Redis (and its sentinels) are spoken to over TLS (`rediss://`)."""
+        return self.url.startswith("rediss://")
+
+    def describe(self) -> str:
+        """Where this is, for logs: no password."""
+        if self.sentinels:
+            listed = ",".join(f"{host}:{port}" for host, port in self.sentinels)
+            return f"the master {self.master!r} of the sentinels at {listed}"
+        parts = urlsplit(self.url)
+        if parts.password is None:
+            return self.url
+        host = parts.netloc.rpartition("@")[2]
+        return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
+
+
+def parse_sentinels(raw: str) -> tuple[tuple[str, int], ...]:
+    """`host:port,host:port` (a bare host means port 26379; IPv6 in brackets); ValueError if malformed."""
+    found = []
+    for item in raw.split(","):
+        text = item.strip()
+        if not text:
+            continue
+        if text.startswith("["):  # [::1]:26379
+            host, _, rest = text[1:].partition("]")
+            port_text = rest[1:] if rest.startswith(":") else ""
+        elif text.count(":") == 1:
+            host, _, port_text = text.partition(":")
+        else:
+            host, port_text = text, ""
+        if not host:
+            raise ValueError(f"no host in {text!r}")
+        port = int(port_text) if port_text else SENTINEL_PORT
+        if not 1 <= port <= 65535:
+            raise ValueError(f"bad port in {text!r}")
+        found.append((host, port))
+    if not found:
+        raise ValueError("no sentinel listed")
+    return tuple(found)
+
+
+def _node_kwargs(url: str) -> dict[str, Any]:
+    """What REDIS_URL says about each Redis node but its address: user, password, db, TLS options."""
+    kwargs: dict[str, Any] = parse_url(url)
+    for where in ("host", "port", "path", "connection_class"):
+        kwargs.pop(where, None)
+    if url.startswith("rediss://"):
+        kwargs["ssl"] = True
+    return kwargs
+
+
+def _sentinel_kwargs(target: RedisTarget, socket_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """How to speak to the sentinels: short timeouts, their password, TLS as for the nodes."""
+    kwargs: dict[str, Any] = {
+        "socket_connect_timeout": min(SENTINEL_TIMEOUT_S, socket_kwargs.get("socket_connect_timeout", 1.0)),
+        "socket_timeout": SENTINEL_TIMEOUT_S,
+        "password": target.sentinel_password,
+    }
+    if target.tls:
+        node = _node_kwargs(target.url)
+        kwargs.update({k: v for k, v in node.items() if k.startswith("ssl")})
+    return kwargs
+
+
+class BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
+    """Sentinel's master pool with BlockingConnectionPool's bound: past `max_connections`, callers
+    wait up to `timeout` for a free connection instead of failing at once (as make_redis's pool)."""
+
+
+def sentinel_pool(target: RedisTarget, **pool_kwargs: Any) -> BlockingSentinelPool:
+    """A blocking pool of connections to the current master; `pool_kwargs` as for BlockingConnectionPool."""
+    node = {**_node_kwargs(target.url), **pool_kwargs}
+    sentinel = Sentinel(list(target.sentinels), sentinel_kwargs=_sentinel_kwargs(target, pool_kwargs))
+    return BlockingSentinelPool(target.master, sentinel, is_master=True, **node)  # type: ignore[no-untyped-call]
+
+
+def async_pool(target: RedisTarget | str, **connection_kwargs: Any) -> AsyncConnectionPool:
+    """An asyncio pool for `target` (to make connections from, on the loop that uses them)."""
+    if isinstance(target, str) or not target.sentinels:
+        url = target if isinstance(target, str) else target.url
+        return AsyncConnectionPool.from_url(url, **connection_kwargs)
+    node = {**_node_kwargs(target.url), **connection_kwargs}
+    sentinel = async_sentinel.Sentinel(
+        list(target.sentinels), sentinel_kwargs=_sentinel_kwargs(target, connection_kwargs)
+    )
+    return async_sentinel.SentinelConnectionPool(target.master, sentinel, is_master=True, **node)
