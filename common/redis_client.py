@@ -8,7 +8,8 @@ from redis import BlockingConnectionPool, Redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from common.redis_conn import RedisTarget, sentinel_pool
+from common.redis_conn import sentinel_pool
+from common.redis_target import RedisTarget
 
 try:  # redis-py 8: made once here, not per connection (it reads the package metadata: ~15 ms)
     from redis.driver_info import DriverInfo

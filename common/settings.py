@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 
 from common.errors import ConfigError
 from common.models import DEFAULT_MODELS, ModelSpec, parse_models
-from common.redis_conn import RedisTarget, parse_sentinels
+from common.redis_target import RedisTarget, parse_sentinels
 from common.version import SEMVER, __version__
 
 KV_TYPES = ("F16", "Q8_0", "Q4_0")

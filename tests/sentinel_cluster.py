@@ -25,7 +25,7 @@ import trustme
 from redis import Redis
 from redis.sentinel import Sentinel
 
-from common.redis_conn import RedisTarget
+from common.redis_target import RedisTarget
 from ops.supervise import redis_server_binary
 from tests.stack import free_port, wait_until
 

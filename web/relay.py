@@ -172,6 +172,7 @@ class JobRelay:
         if self._finished:
             return
         if raw is RESYNC:
+            self._last_heard = now  # the worker's silence counts again from now (see _check)
             self._replay(now)
             return
         seq = sequence_of(raw)
@@ -260,6 +261,10 @@ class JobRelay:
                     ),
                     "queue_timeout",
                 )
+        elif not rt.hub.subscribed:
+            # This process hears no worker now (Redis restarting, a Sentinel failover): silence is
+            # not the worker's fault. Its events wait in the backlog; the clock starts again at RESYNC.
+            self._last_heard = now
         elif now - self._last_heard >= rt.settings.worker_silence_s:
             msg = f"worker {self.trace.worker} stopped responding (silent for {now - self._last_heard:.1f} s)"
             self._fail_abandoned(msg)

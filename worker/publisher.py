@@ -27,7 +27,7 @@ from common import keys
 from common.errors import QueueUnavailable
 from common.events import job_key, join_batch, sequenced
 from common.guard import count_restart
-from common.redis_conn import RedisTarget
+from common.redis_target import RedisTarget
 from worker.readers import Readers
 from worker.redis_link import RedisLink
 

@@ -18,7 +18,8 @@ from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ResponseError
 
 from common.redis_client import COMMAND_TIMEOUT_S, CONNECT_TIMEOUT_S
-from common.redis_conn import RedisTarget, async_pool
+from common.redis_conn import async_pool
+from common.redis_target import RedisTarget
 
 Command = tuple[str | bytes | int, ...]
 

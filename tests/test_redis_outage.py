@@ -1,0 +1,57 @@
+"""Redis unreachable for longer than WORKER_SILENCE_S, as during a Sentinel failover (the master's
+detection takes down-after-milliseconds, then the sentinels elect and promote): streams in flight
+come through whole, because the worker's events wait in its publisher and then in the backlog."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from typing import Any
+
+import pytest
+
+from tests.client import stream
+from tests.conftest import RedisServer
+from tests.fake_ollama import FakeOllama
+from tests.golivepeer import read_stream
+from tests.stack import Stack, wait_until
+
+pytestmark = pytest.mark.e2e
+
+LLAMA = "meta-llama/Meta-Llama-3.1-8B-Instruct"
+# Longer than WORKER_SILENCE_S (5 s), shorter than the publisher's retry window (10 s).
+OUTAGE_S = 6.5
+
+
+def test_streams_outlive_a_redis_outage_longer_than_the_worker_silence(
+    stack: Stack, fake_ollama: FakeOllama, redis_server: RedisServer
+) -> None:
+    fake_ollama.set_behavior("*", tokens_per_s=10, reply_tokens=100)
+    stack.start_web(OLLAMA_URL=fake_ollama.url)
+    stack.start_worker(OLLAMA_URL=fake_ollama.url, VRAM_MB=24576)
+    prompt = "outage alpha bravo"
+    result: dict[str, Any] = {}
+
+    def client() -> None:
+        body = {"model": LLAMA, "messages": [{"role": "user", "content": prompt}], "max_tokens": 2000, "stream": True}
+        result["response"], result["lines"] = stream(f"{stack.web_url}/llm", body, timeout=60)
+
+    thread = threading.Thread(target=client)
+    thread.start()
+    assert fake_ollama.wait_for(lambda f: any(r.tokens_sent >= 5 for r in f.chat_records()), 10)
+    assert redis_server.proc is not None
+    pid = redis_server.proc.pid
+    os.kill(pid, signal.SIGSTOP)  # a Redis that answers nobody: as a master that is gone
+    resumed = threading.Event()
+    try:
+        resumed.wait(OUTAGE_S)  # the outage's length is the point here, nothing to wait for
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    thread.join(60)
+    answer = read_stream(result["lines"])
+    words = [w + " " for w in prompt.split()]
+    assert result["response"].status_code == 200
+    assert answer.finish_reason == "stop", f"{answer.text!r}\n{stack.logs()}"
+    assert answer.text == "".join(words[i % 3] for i in range(100))
+    wait_until(lambda: stack.redis.ping(), 5, "Redis back")
