@@ -129,12 +129,21 @@ def failover_under_traffic(tmp_path: Path, cluster: SentinelCluster, fakes: list
             return len(fleet) == 2 and all(r.name in rq_workers for r in fleet)
 
         wait_until(reregistered, 20, "both workers announced and registered with RQ on the new master")
-        wait_until(lambda: nothing_lingers(master), 30, "no job left queued or started without its worker")
+        wait_until(lambda: nothing_lingers(master), 10, "no job left queued or started without its worker")
+        # Each answered job has one final state, the one its client saw.
+        served = [o for o in traffic.outcomes if o.status == 200 and o.finish_reason != "error"]
+
+        def recorded() -> list[str]:
+            return [o.tag for o in served if master.hget(f"rq:job:{o.job_id}", "status") != b"finished"]
+
+        try:
+            wait_until(lambda: not recorded(), 10, "every answered job recorded finished")
+        except AssertionError:
+            raise AssertionError(f"not recorded finished: {recorded()}\n{stack.logs()}") from None
         # None ran twice: one engine request per prompt, across both engines.
         records = [r for f in fakes for r in f.chat_records() if r.body.get("messages")]
         counts = Counter(r.body["messages"][-1]["content"] for r in records)
         assert all(n == 1 for n in counts.values()), [p for p, n in counts.items() if n > 1]
-        served = [o for o in traffic.outcomes if o.status == 200 and o.finish_reason != "error"]
         assert len(served) <= len(counts)
     finally:
         traffic.stop_steady()

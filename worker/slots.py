@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from types import FrameType, TracebackType
 from typing import Any
 
@@ -35,13 +36,14 @@ from rq.job_lifecycle import format_exc_info
 from rq.queue import Queue
 from rq.registry import CanceledJobRegistry
 from rq.serializers import JSONSerializer
-from rq.utils import now
+from rq.utils import now, utcformat
 from rq.worker import BaseWorker, WorkerStatus
 
 from common import keys
 from common.errors import JobCancelled, RunnerError
 from common.job_state import Command, Guarded, commands, run_guarded
 from common.jobs import RESULT_TTL_S
+from common.outage import through_outage
 from worker import jobguard, records
 from worker.active import ActiveJobs
 from worker.dequeue import Dequeuer
@@ -55,11 +57,17 @@ WORKER_TTL_S = 30
 EXECUTION_TTL_S = 30
 MAINTENANCE_INTERVAL_S = 60
 DEQUEUE_TIMEOUT_S = 1
+# Longest pause between two tries to take jobs while Redis is unreachable: after a failover the
+# new master must be in use within seconds.
+MAX_BACKOFF_S = 1.0
 # After the grace period, cancelled jobs get this long to wind down before the worker exits.
 CANCEL_WAIT_S = 5.0
 STOPPED_BY_OPERATOR = "stopped by an operator"
 # What RQ's worker records for a job stopped with `send_stop_job_command` (rq/worker/worker_classes.py).
 STOPPED_FAILURE = "Job stopped by user, work-horse terminated."
+_HEARTBEAT_IF_PRESENT = (
+    "if redis.call('EXISTS', KEYS[1]) == 1 then return redis.call('HSET', KEYS[1], 'last_heartbeat', ARGV[1]) end"
+)
 
 
 def _log_failure(job: Job, exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None) -> bool:
@@ -190,7 +198,9 @@ class SlotWorker(BaseWorker):
                 ExecutionRegistry(job_id=job.id, connection=pipe).add(
                     execution=execution, ttl=EXECUTION_TTL_S, pipeline=pipe, xx=True
                 )
-                job.heartbeat(now(), EXECUTION_TTL_S, pipeline=pipe)
+                # Job.heartbeat's HSET, only on a job that still exists: one whose record was lost
+                # (a failover before the replica had it) must not come back as a stub that never expires.
+                pipe.eval(_HEARTBEAT_IF_PRESENT, 1, job.key, utcformat(now()))
             pipe.execute()
         if self.prompts is not None:
             self.prompts.sweep(self.connection)
@@ -264,7 +274,7 @@ class SlotWorker(BaseWorker):
                 except (RedisError, OSError) as exc:
                     logger.error("worker %s: Redis unavailable (%s); retrying in %.1f s", self.name, exc, backoff)
                     self._stop.wait(backoff)
-                    backoff = min(backoff * 2, 5.0)
+                    backoff = min(backoff * 2, MAX_BACKOFF_S)
         finally:
             self._drain()
             try:
@@ -306,8 +316,10 @@ class SlotWorker(BaseWorker):
                 self.on_taken(jobs)
             except Exception:
                 logger.exception("jobs %s: could not be started early; each starts in its thread", jobs)
+        intermediate = IntermediateQueue.get_intermediate_queue_key(taken.queue_key)
         try:
-            batch.executions = self._mark_started(jobs, IntermediateQueue.get_intermediate_queue_key(taken.queue_key))
+            # The jobs run already: their start is recorded once Redis answers (a failover).
+            batch.executions = through_outage(lambda: self._mark_started(jobs, intermediate), "start bookkeeping")
         finally:
             batch.ready.set()
             for index, job in enumerate(jobs):
@@ -408,22 +420,25 @@ class SlotWorker(BaseWorker):
 
     def _perform(self, job: Job, batch: _Batch, index: int) -> None:
         """Run one job in this thread, then record its success, failure or cancellation."""
+        # Each end is recorded once Redis answers: a job that ends during a failover is recorded
+        # on the new master (the record is guarded on its state, so a repeat changes nothing).
+        what = f"job {job.id}: end bookkeeping"
         try:
             return_value = job.perform()
         except JobCancelled as exc:
             execution = batch.execution(index)
             if execution is not None:
-                self._record_cancelled(job, execution, exc.msg)
+                through_outage(partial(self._record_cancelled, job, execution, exc.msg), what)
         except Exception:
             exc_info = sys.exc_info()
             execution = batch.execution(index)
             if execution is not None:
                 _log_failure(job, *exc_info)
-                records.record_failure(self, job, execution, format_exc_info(exc_info))
+                through_outage(partial(records.record_failure, self, job, execution, format_exc_info(exc_info)), what)
         else:
             execution = batch.execution(index)
             if execution is not None:
-                records.record_success(self, job, execution, return_value)
+                through_outage(partial(records.record_success, self, job, execution, return_value), what)
         finally:
             self._stopped_ids.discard(job.id)
 
