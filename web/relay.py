@@ -75,6 +75,7 @@ class JobRelay:
         self._last_seq = 0  # the job's events are numbered 1, 2, ...; the last one taken
         self._replay_due = False  # a replay from the backlog failed (Redis away): retry on ticks
         self._ready: deque[Answer] = deque()
+        self._job: GenerateJob | None = None  # what was placed, to place it again if Redis lost it
 
     def submit(self) -> None:
         """Check for room and enqueue; raises CapacityError, RunnerError or QueueUnavailable at once.
@@ -102,6 +103,7 @@ class JobRelay:
                 stream=self.request.stream,
             )
             admission.place(rt, rt.queue(model_id), self.job_id, job, space)
+            self._job = job
         except (RedisError, OSError) as exc:
             self._release()
             raise QueueUnavailable(f"the runner's queue (Redis) is unavailable: {exc}") from None
@@ -173,6 +175,8 @@ class JobRelay:
             return
         if raw is RESYNC:
             self._last_heard = now  # the worker's silence counts again from now (see _check)
+            if self.trace.started_at is None and self._lost():
+                return
             self._replay(now)
             return
         seq = sequence_of(raw)
@@ -218,6 +222,31 @@ class JobRelay:
         msg = f"events {self._last_seq + 1} to {missing - 1} of this job were lost; retry"
         self._cancel("events lost")
         self._ready.append(self._finish_failed(msg, "events_lost"))
+
+    def _lost(self) -> bool:
+        """After the subscription came back: if Redis lost this unstarted job (a failover to a
+        replica that never received it: its hash is gone), place it again under a new id and
+        return True. The old id is cancelled, so a worker that took it from the old master stops."""
+        rt, job = self.rt, self._job
+        try:
+            if job is None or rt.redis.exists(Job.key_for(self.job_id)):
+                return False
+        except (RedisError, OSError):
+            return False  # cannot tell now: the next resync asks again
+        lost, self.job_id = self.job_id, uuid.uuid4().hex
+        self.trace.job_id = self.job_id
+        rt.hub.unregister(lost)
+        self._inbox = rt.hub.register(self.job_id)
+        try:
+            rt.redis.publish(keys.cancel_channel(), lost)
+            admission.place(rt, rt.queue(job.model_id), self.job_id, job, admission.Room(admission.NO_LIMIT, 0, 0))
+        except (RedisError, OSError) as exc:
+            msg = f"the job was lost in a Redis failover before a replica had it, and could not be placed again: {exc}"
+            self._ready.append(self._finish_failed(msg, "lost_in_failover"))
+            return True
+        logger.warning("job %s: lost by Redis (a failover before a replica had it); placed again as %s",
+                       lost, self.job_id)  # fmt: skip
+        return True
 
     def _accept(self, raw: bytes, now: float) -> Answer | None:
         try:

@@ -137,6 +137,7 @@ def llm(model_id: str | None = None) -> Response:
     metrics.IN_FLIGHT.labels(req.model.model_id).inc()
     try:
         first = relay.next_event()
+        g.job_id = relay.job_id  # placed again under a new id if Redis lost it while queued
         if isinstance(first, Failed):
             raise _error(first)
         completion = Completion.new(req.model.model_id)

@@ -19,7 +19,7 @@ from rq.registry import CanceledJobRegistry
 from rq.results import Result
 from rq.utils import now, utcformat
 
-from common.job_state import transition
+from common.job_state import MISSING, transition
 from common.jobs import RESULT_TTL_S
 
 if TYPE_CHECKING:
@@ -30,7 +30,12 @@ logger = logging.getLogger(__name__)
 
 def _lost_race(worker: SlotWorker, job: Job, execution: Execution | None, end: str, status: str) -> None:
     """Another process recorded the job's end first: keep its record, drop only our execution."""
-    logger.info("job %s: already %s elsewhere; not recording it %s here", job.id, status, end)
+    if status == MISSING:
+        # A failover to a replica that never had the job, or an emptied Redis: nothing to record it in.
+        logger.warning("job %s: its record is gone from Redis (lost in a failover or a restart); ended %s, "
+                       "not recorded", job.id, end)  # fmt: skip
+    else:
+        logger.info("job %s: already %s elsewhere; not recording it %s here", job.id, status, end)
     if execution is not None:
         with worker.connection.pipeline() as pipe:
             worker.cleanup_execution(job, pipeline=pipe, execution=execution)
