@@ -237,13 +237,18 @@ class SentinelCluster:
         self.sentinels.append(node)
         return node
 
-    def start(self) -> SentinelCluster:
-        """Start everything; return once the replica is in sync and every sentinel knows the others."""
+    def start_nodes(self) -> tuple[Node, Node]:
+        """Start the master and its replica only; return once the replica is in sync."""
         master = self._start_data("master")
         wait_until(lambda: self.node_client(master.port).ping(), 10, "the master")
         replica = self._start_data("replica", replica_of=master.port)
         wait_until(lambda: self.node_client(replica.port).info("replication")["master_link_status"] == "up", 15,
                    "the replica in sync")  # fmt: skip
+        return master, replica
+
+    def start(self) -> SentinelCluster:
+        """Start everything; return once the replica is in sync and every sentinel knows the others."""
+        master, _ = self.start_nodes()
         for index in range(SENTINELS):
             self._start_sentinel(index, master.port)
 

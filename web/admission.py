@@ -139,9 +139,8 @@ def place(rt: Runtime, queue: Queue, job_id: str, job: GenerateJob, space: Room)
     rq_job.enqueued_at = now()
     fields = [item for pair in rq_job.to_dict().items() for item in pair]
     started = StartedJobRegistry(queue.name, connection=rt.redis).key
-    placed, waiting, running = rt.place_script(
-        keys=[queue.key, started, rq_job.key, Queue.redis_queues_keys],
-        args=[space.limit, ttl, job_id, *fields],
+    placed, waiting, running = rt.acks.script(
+        rt.place_script, [queue.key, started, rq_job.key, Queue.redis_queues_keys], [space.limit, ttl, job_id, *fields]
     )
     if not placed:
         raise CapacityError(

@@ -14,6 +14,7 @@ from rq import Queue
 from rq.serializers import JSONSerializer
 
 from common import keys
+from common.acks import Acks
 from common.fleet import WorkerRecord, read_fleet
 from common.settings import Settings
 from web.admission import ADMISSION_SLOTS, PLACE_SCRIPT
@@ -78,6 +79,8 @@ class Runtime:
         self.draining_since: float | None = None
         self.admission = threading.BoundedSemaphore(ADMISSION_SLOTS)
         self.place_script = redis.register_script(PLACE_SCRIPT)
+        # Placements wait for a replica (REDIS_WAIT_REPLICAS), so a failover cannot lose them.
+        self.acks = Acks(settings.wait_replicas, settings.redis_wait_ms)
         self._queues: dict[str, Queue] = {}
 
     def queue(self, model_id: str) -> Queue:

@@ -14,9 +14,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from redis import Redis
+from redis.client import Pipeline
 from rq.intermediate_queue import IntermediateQueue
 from rq.job import Job
 from rq.suspension import WORKERS_SUSPENDED
+
+from common.acks import Acks
 
 # KEYS: the suspension flag, then each queue key in order. ARGV: how many ids to take at most,
 # an id already moved from the first queue ('' if none; it is taken whatever the flag says),
@@ -75,9 +78,12 @@ def _text(value: bytes | str) -> str:
 class Dequeuer:
     """Moves up to `count` job ids from the first non-empty queue into its intermediate list."""
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, acks: Acks | None = None) -> None:
         self.redis = redis
         self._take = redis.register_script(_TAKE)
+        # A take waits for a replica (REDIS_WAIT_REPLICAS) before its jobs run: a failover then
+        # cannot bring them back queued on the new master for a second worker to run.
+        self._acks = acks or Acks(0, 0)
 
     def take(self, queue_keys: list[str], count: int, wait_s: float) -> Taken:
         """Take what waits now; if nothing, wait up to `wait_s` for the first queue and take from it."""
@@ -87,14 +93,22 @@ class Dequeuer:
         first = queue_keys[0]
         timeout = wait_s if len(queue_keys) == 1 else min(wait_s, MULTI_QUEUE_WAIT_S)
         intermediate = IntermediateQueue.get_intermediate_queue_key(first)
-        # Redis takes fractional timeouts; redis-py annotates an int.
-        moved = self.redis.blmove(first, intermediate, timeout, "LEFT", "RIGHT")  # type: ignore[arg-type]
+
+        def block(pipe: Pipeline) -> None:
+            # Redis takes fractional timeouts; redis-py annotates an int.
+            pipe.blmove(first, intermediate, timeout, "LEFT", "RIGHT")  # type: ignore[arg-type]
+
+        (moved,) = self._acks.run(self.redis, block)
+        if isinstance(moved, Exception):
+            raise moved
         if moved is None:
             return Taken()
         return self._take_now([first], count, moved=_text(moved))
 
     def _take_now(self, queue_keys: list[str], count: int, moved: str = "") -> Taken:
-        reply = self._take(keys=[WORKERS_SUSPENDED, *queue_keys], args=[count, moved, Job.redis_job_namespace_prefix])
+        reply = self._acks.script(
+            self._take, [WORKERS_SUSPENDED, *queue_keys], [count, moved, Job.redis_job_namespace_prefix]
+        )
         if not reply:
             return Taken()
         if reply == [0]:

@@ -11,6 +11,7 @@ import threading
 from types import FrameType
 
 from common import fleet, heap, keys
+from common.acks import Acks
 from common.errors import ConfigError
 from common.fleet import READY, STOPPING, WorkerRecord
 from common.logs import configure_logging
@@ -123,6 +124,7 @@ def run(settings: Settings) -> None:
             max_age_s=settings.queue_timeout_s,
             on_taken=jobs.begin_all,
             prompts=PromptRetention(redis, settings.prompt_retention_s, settings.drop_prompts_at_start),
+            acks=Acks(settings.wait_replicas, settings.redis_wait_ms),
         )
         if not isinstance(backend, OllamaBackend):
             # An OpenAI-compatible engine holds its own models: listen on every served queue.

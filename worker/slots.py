@@ -40,6 +40,7 @@ from rq.utils import now, utcformat
 from rq.worker import BaseWorker, WorkerStatus
 
 from common import keys
+from common.acks import Acks
 from common.errors import JobCancelled, RunnerError
 from common.job_state import Command, Guarded, commands, run_guarded
 from common.jobs import RESULT_TTL_S
@@ -112,6 +113,7 @@ class SlotWorker(BaseWorker):
         max_age_s: float | None = None,
         on_taken: Callable[[list[Job]], None] | None = None,
         prompts: PromptRetention | None = None,
+        acks: Acks | None = None,
     ) -> None:
         super().__init__(
             queues,
@@ -130,7 +132,7 @@ class SlotWorker(BaseWorker):
         self.grace_s = grace_s
         # A job created longer ago than this has been answered already (the web's queue timeout).
         self.max_age_s = max_age_s
-        self._dequeuer = Dequeuer(connection)
+        self._dequeuer = Dequeuer(connection, acks)
         self._registered = False
         self._registration = threading.Lock()
         self._suspended = False
