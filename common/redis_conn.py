@@ -25,7 +25,7 @@ from common.redis_target import RedisTarget
 SENTINEL_TIMEOUT_S = 1.0
 
 
-def _node_kwargs(url: str) -> dict[str, Any]:
+def node_options(url: str) -> dict[str, Any]:
     """What REDIS_URL says about each Redis node but its address: user, password, db, TLS options."""
     kwargs: dict[str, Any] = parse_url(url)
     for where in ("host", "port", "path", "connection_class"):
@@ -35,15 +35,15 @@ def _node_kwargs(url: str) -> dict[str, Any]:
     return kwargs
 
 
-def _sentinel_kwargs(target: RedisTarget, socket_kwargs: dict[str, Any]) -> dict[str, Any]:
+def sentinel_options(target: RedisTarget, socket_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
     """How to speak to the sentinels: short timeouts, their password, TLS as for the nodes."""
     kwargs: dict[str, Any] = {
-        "socket_connect_timeout": min(SENTINEL_TIMEOUT_S, socket_kwargs.get("socket_connect_timeout", 1.0)),
+        "socket_connect_timeout": min(SENTINEL_TIMEOUT_S, (socket_kwargs or {}).get("socket_connect_timeout", 1.0)),
         "socket_timeout": SENTINEL_TIMEOUT_S,
         "password": target.sentinel_password,
     }
     if target.tls:
-        node = _node_kwargs(target.url)
+        node = node_options(target.url)
         kwargs.update({k: v for k, v in node.items() if k.startswith("ssl")})
     return kwargs
 
@@ -55,8 +55,8 @@ class BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
 
 def sentinel_pool(target: RedisTarget, **pool_kwargs: Any) -> BlockingSentinelPool:
     """A blocking pool of connections to the current master; `pool_kwargs` as for BlockingConnectionPool."""
-    node = {**_node_kwargs(target.url), **pool_kwargs}
-    sentinel = Sentinel(list(target.sentinels), sentinel_kwargs=_sentinel_kwargs(target, pool_kwargs))
+    node = {**node_options(target.url), **pool_kwargs}
+    sentinel = Sentinel(list(target.sentinels), sentinel_kwargs=sentinel_options(target, pool_kwargs))
     return BlockingSentinelPool(target.master, sentinel, is_master=True, **node)  # type: ignore[no-untyped-call]
 
 
@@ -65,8 +65,8 @@ def async_pool(target: RedisTarget | str, **connection_kwargs: Any) -> AsyncConn
     if isinstance(target, str) or not target.sentinels:
         url = target if isinstance(target, str) else target.url
         return AsyncConnectionPool.from_url(url, **connection_kwargs)
-    node = {**_node_kwargs(target.url), **connection_kwargs}
+    node = {**node_options(target.url), **connection_kwargs}
     sentinel = async_sentinel.Sentinel(
-        list(target.sentinels), sentinel_kwargs=_sentinel_kwargs(target, connection_kwargs)
+        list(target.sentinels), sentinel_kwargs=sentinel_options(target, connection_kwargs)
     )
     return async_sentinel.SentinelConnectionPool(target.master, sentinel, is_master=True, **node)

@@ -9,6 +9,8 @@ passed on) is one cause of that error ending.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -23,12 +25,16 @@ from rq.registry import StartedJobRegistry
 from common import keys
 from common.fleet import READY, read_fleet
 from common.redis_client import make_redis
+from tests.client import call
 from tests.failover_traffic import LLAMA, Outcome, Traffic, describe, expected_text
 from tests.fake_ollama import FakeOllama
 from tests.sentinel_cluster import Certs, SentinelCluster
-from tests.stack import Stack, wait_until
+from tests.stack import REPO, Stack, free_port, wait_until
+from tests.test_dashboard import PASSWORD as DASHBOARD_PASSWORD
+from tests.test_dashboard import USER, dashboard_argv
 
-pytestmark = pytest.mark.e2e
+# Each test starts a Sentinel deployment, the runner and 150 requests: about 35 s on 2 busy cores.
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
 STREAMS = 20
 STREAM_TOKENS = 90
@@ -84,6 +90,25 @@ def nothing_lingers(redis: Redis) -> bool:
     return redis.llen(queue.key) == 0 and redis.llen(intermediate) == 0 and started.count == 0
 
 
+def rq_info_workers(stack: Stack, cluster: SentinelCluster) -> set[str]:
+    """The workers RQ's own `rq info` lists, configured by ops/rq_settings.py from the runner's variables."""
+    argv = [sys.executable, "-m", "rq.cli", "info", "-c", "ops.rq_settings", "--only-workers", "--raw"]
+    done = subprocess.run(argv, env=stack.env(**cluster.env()), capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    return {line.split()[1] for line in done.stdout.splitlines() if line.startswith("worker ")}
+
+
+def dashboard_workers(stack: Stack, cluster: SentinelCluster) -> set[str]:
+    """The workers `llm-runner dashboard` (rq-dashboard itself) shows."""
+    port = free_port()
+    env = stack.env(**cluster.env(), RQ_DASHBOARD_USERNAME=USER, RQ_DASHBOARD_PASSWORD=DASHBOARD_PASSWORD,
+                    DASHBOARD_PORT=port)  # fmt: skip
+    stack.spawn("dashboard", dashboard_argv(), env)
+    url = f"http://127.0.0.1:{port}/0/data/workers.json"
+    found = wait_until(lambda: call("GET", url, auth=(USER, DASHBOARD_PASSWORD), timeout=5).json(), 30, "dashboard")
+    return {worker["name"] for worker in found["workers"]}
+
+
 def failover_under_traffic(tmp_path: Path, cluster: SentinelCluster, fakes: list[FakeOllama]) -> None:
     """Kill the master during 20 streams and a steady rate of requests; assert what item 2 promises."""
     stack = start_runner(tmp_path, cluster, fakes)
@@ -129,6 +154,9 @@ def failover_under_traffic(tmp_path: Path, cluster: SentinelCluster, fakes: list
             return len(fleet) == 2 and all(r.name in rq_workers for r in fleet)
 
         wait_until(reregistered, 20, "both workers announced and registered with RQ on the new master")
+        names = sorted(r.name for r in read_fleet(master) if r.pid in pids)
+        assert rq_info_workers(stack, cluster) >= set(names), "`rq info -c ops.rq_settings` on the new master"
+        assert dashboard_workers(stack, cluster) >= set(names), "rq-dashboard on the new master"
         wait_until(lambda: nothing_lingers(master), 10, "no job left queued or started without its worker")
         # Each answered job has one final state, the one its client saw.
         served = [o for o in traffic.outcomes if o.status == 200 and o.finish_reason != "error"]
