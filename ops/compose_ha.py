@@ -97,11 +97,11 @@ def _sentinel(name: str) -> dict[str, Any]:
         "volumes": [f"{name}:/data"],
         "depends_on": {"redis": HEALTHY, "redis-replica": HEALTHY},
         "restart": "unless-stopped",
-        # Healthy once it names a master (its answer has a port line; an error has none).
+        # Healthy once it names a master (a port line; an error has no line starting with a digit).
         "healthcheck": {
             "test": [
                 "CMD-SHELL",
-                f"redis-cli -p {SENTINEL_PORT} sentinel get-master-addr-by-name {MASTER_NAME} | grep -qE '^[0-9]+$'",
+                f"redis-cli -p {SENTINEL_PORT} sentinel get-master-addr-by-name {MASTER_NAME} | grep -q '^[0-9]'",
             ],
             "interval": "5s",
             "timeout": "3s",
