@@ -9,6 +9,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
+from redis import Redis
 from redis.exceptions import RedisError
 
 from common.errors import BackendError
@@ -60,6 +61,8 @@ def doctor(settings: Settings, out: TextIO = sys.stdout) -> int:
     try:
         version = redis.info("server").get("redis_version", "?")
         report.ok(f"Redis at {where} answers (version {version})")
+        if settings.wait_replicas:
+            _check_replicas(redis, settings, report)
         records = read_fleet(redis)
     except (RedisError, OSError) as exc:
         report.fail(f"cannot reach Redis at {where}: {exc}", "start Redis or fix REDIS_URL (or REDIS_SENTINELS)")
@@ -70,6 +73,18 @@ def doctor(settings: Settings, out: TextIO = sys.stdout) -> int:
     summary = f"{report.failures} problem(s), {report.warnings} warning(s)"
     print(summary if report.failures or report.warnings else "all good", file=out)
     return 1 if report.failures else 0
+
+
+def _check_replicas(redis: Redis, settings: Settings, report: Report) -> None:
+    """Whether the master has the replicas that acknowledge placements (REDIS_WAIT_REPLICAS)."""
+    replication = redis.info("replication")
+    replicas = int(replication.get("connected_slaves", 0))
+    line = f"Redis master has {replicas} replica(s) connected; {settings.wait_replicas} must acknowledge each job"
+    if replicas >= settings.wait_replicas:
+        report.ok(line)
+    else:
+        report.warn(line + ": a failover now could lose the last jobs placed, and one has nowhere to go",
+                    "start a replica (after a failover: bring the old master back, Sentinel makes it one)")  # fmt: skip
 
 
 def _check_local(settings: Settings, report: Report) -> None:

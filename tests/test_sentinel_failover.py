@@ -28,7 +28,7 @@ from common.redis_client import make_redis
 from tests.client import call
 from tests.failover_traffic import LLAMA, Outcome, Traffic, describe, expected_text
 from tests.fake_ollama import FakeOllama
-from tests.sentinel_cluster import Certs, SentinelCluster
+from tests.sentinel_cluster import MASTER_NAME, Certs, SentinelCluster
 from tests.stack import REPO, Stack, free_port, wait_until
 from tests.test_dashboard import PASSWORD as DASHBOARD_PASSWORD
 from tests.test_dashboard import USER, dashboard_argv
@@ -98,6 +98,13 @@ def rq_info_workers(stack: Stack, cluster: SentinelCluster) -> set[str]:
     return {line.split()[1] for line in done.stdout.splitlines() if line.startswith("worker ")}
 
 
+def run_doctor(stack: Stack, cluster: SentinelCluster, fake: FakeOllama) -> str:
+    """What `llm-runner doctor` prints, configured only through the Sentinel variables."""
+    argv = [sys.executable, "-m", "ops", "doctor"]
+    env = stack.env(**cluster.env(), OLLAMA_URL=fake.url)
+    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60, cwd=REPO).stdout
+
+
 def dashboard_workers(stack: Stack, cluster: SentinelCluster) -> set[str]:
     """The workers `llm-runner dashboard` (rq-dashboard itself) shows."""
     port = free_port()
@@ -157,6 +164,9 @@ def failover_under_traffic(tmp_path: Path, cluster: SentinelCluster, fakes: list
         names = sorted(r.name for r in read_fleet(master) if r.pid in pids)
         assert rq_info_workers(stack, cluster) >= set(names), "`rq info -c ops.rq_settings` on the new master"
         assert dashboard_workers(stack, cluster) >= set(names), "rq-dashboard on the new master"
+        doctor = run_doctor(stack, cluster, fakes[0])
+        assert f"[ ok ] Redis at the master {MASTER_NAME!r} of the sentinels at" in doctor
+        assert "[warn] Redis master has 0 replica(s) connected; 1 must acknowledge each job" in doctor, doctor
         wait_until(lambda: nothing_lingers(master), 10, "no job left queued or started without its worker")
         # Each answered job has one final state, the one its client saw.
         served = [o for o in traffic.outcomes if o.status == 200 and o.finish_reason != "error"]
