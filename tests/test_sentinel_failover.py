@@ -141,9 +141,13 @@ def failover_under_traffic(tmp_path: Path, cluster: SentinelCluster, fakes: list
         assert not unanswered, f"unanswered:\n{describe(unanswered, origin)}\n{stack.logs()}"
         wrong = [why for o in traffic.outcomes if (why := check_text(o)) is not None]
         assert not wrong, "\n".join(wrong) + f"\n{report}"
-        for outcome in traffic.outcomes:
-            if outcome.status != 200:
-                assert outcome.status == 500, f"{outcome.tag}: {outcome.status} {outcome.error}"
+        # A request that came while Redis had no master waited for the new one; at worst (a failover
+        # slower than the runner waits) it was told "insufficient capacity", which go-livepeer's
+        # gateway takes as no room here and retries elsewhere, keeping this orchestrator.
+        refused = [o for o in traffic.outcomes if o.status != 200]
+        assert all(o.status == 500 and o.error.startswith("insufficient capacity") for o in refused), describe(
+            refused, origin
+        )
         late = [o for o in traffic.of("steady") if o.sent_at >= switched_at + RECOVERY_S]
         assert late, "no request was sent after the recovery deadline"
         failed_late = [o for o in late if o.status != 200 or o.finish_reason == "error"]

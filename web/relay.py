@@ -8,6 +8,7 @@ import time
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
+from functools import partial
 
 from redis.client import Pipeline
 from redis.exceptions import RedisError
@@ -22,6 +23,7 @@ from common.errors import QueueUnavailable, RunnerError, no_room
 from common.events import Done, Failed, Ping, Started, Tokens, decode, sequence_of
 from common.job_state import transition
 from common.jobs import GenerateJob
+from common.outage import through_outage
 from web import admission
 from web.client import ClientWatch
 from web.hub import RESYNC, TICK
@@ -87,9 +89,14 @@ class JobRelay:
 
     def _submit(self) -> None:
         rt, model_id = self.rt, self.request.model.model_id
-        rt.hub.ensure_running()
+        # Through Sentinel, Redis is back on a new master within seconds: wait for it (bounded)
+        # rather than answer 500, which costs the orchestrator its place in the gateway's pool.
+        wait_s = rt.failover_wait_s
+        rt.hub.ensure_running(max(2.0, wait_s))
+        what = f"job {self.job_id}: placing it"
         try:
-            space = admission.room(rt, model_id, stream=self.request.stream)
+            space = through_outage(partial(admission.room, rt, model_id, stream=self.request.stream), what,
+                                   within_s=wait_s)  # fmt: skip
             self._inbox = rt.hub.register(self.job_id)
             job = GenerateJob(
                 reply_to=rt.hub.channel,
@@ -102,7 +109,8 @@ class JobRelay:
                 top_k=self.request.top_k,
                 stream=self.request.stream,
             )
-            admission.place(rt, rt.queue(model_id), self.job_id, job, space)
+            through_outage(partial(admission.place, rt, rt.queue(model_id), self.job_id, job, space), what,
+                           within_s=wait_s)  # fmt: skip
             self._job = job
         except (RedisError, OSError) as exc:
             self._release()

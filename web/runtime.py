@@ -16,6 +16,7 @@ from rq.serializers import JSONSerializer
 from common import keys
 from common.acks import Acks
 from common.fleet import WorkerRecord, read_fleet
+from common.outage import OUTAGE_S
 from common.settings import Settings
 from web.admission import ADMISSION_SLOTS, PLACE_SCRIPT
 from web.hub import EventHub
@@ -81,6 +82,8 @@ class Runtime:
         self.place_script = redis.register_script(PLACE_SCRIPT)
         # Placements wait for a replica (REDIS_WAIT_REPLICAS), so a failover cannot lose them.
         self.acks = Acks(settings.wait_replicas, settings.redis_wait_ms)
+        # How long a new request waits for Redis to come back: through Sentinel, a failover's length.
+        self.failover_wait_s = OUTAGE_S if settings.redis_sentinels else 0.0
         self._queues: dict[str, Queue] = {}
 
     def queue(self, model_id: str) -> Queue:
