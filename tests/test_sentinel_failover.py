@@ -3,8 +3,9 @@
 
 What a client may see for a stream in flight: its exact text, or the error ending (a final chunk
 with finish_reason "error" after a prefix of its text; or a 500 if nothing was sent yet). Never a
-gap nor a repeat inside the text. What replication lost (events the old master took and never
-passed on) is one cause of that error ending.
+gap nor a repeat inside the text: each stream is accepted with exactly one of those two outcomes.
+What replication lost (events the old master took and never passed on) ends a stream that way
+until answer continuation carries it on.
 """
 
 from __future__ import annotations
