@@ -68,6 +68,11 @@ class EventHub:
                 start_supervised("event-hub-ticker", self._tick)
         return self._subscribed.wait(timeout)
 
+    @property
+    def subscribed(self) -> bool:
+        """Whether workers' events reach this process now (its subscription is up)."""
+        return self._subscribed.is_set()
+
     def register(self, job_id: str, inbox: queue.SimpleQueue[bytes] | None = None) -> queue.SimpleQueue[bytes]:
         """An inbox (a new one, or `inbox`) that receives every event about `job_id` until
         `unregister`, and a TICK every TICK_S."""

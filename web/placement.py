@@ -23,6 +23,7 @@ from rq import Queue
 from rq.registry import StartedJobRegistry
 
 from common import keys
+from common.acks import Acks
 from common.jobs import FAILURE_TTL_S, QUEUED_TTL_MARGIN_S, RESULT_TTL_S, GenerateJob
 
 NO_LIMIT = -1
@@ -89,8 +90,9 @@ class Placer:
     """Places jobs with the placement script, registered once per process (redis-py reloads it
     after a Redis restart)."""
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, acks: Acks) -> None:
         self._redis = redis
+        self._acks = acks  # a placement waits for a replica (REDIS_WAIT_REPLICAS): a failover keeps it
         self._script = redis.register_script(PLACE_SCRIPT)
 
     def place(self, queue: Queue, job_id: str, job: GenerateJob, limit: int, queue_timeout_s: float) -> Placed:
@@ -108,8 +110,7 @@ class Placer:
         )
         fields = [item for key, value in rq_job.to_dict().items() if key not in STAMPED for item in (key, value)]
         started = StartedJobRegistry(queue.name, connection=self._redis).key
-        placed, waiting, running = self._script(
-            keys=[queue.key, started, rq_job.key, Queue.redis_queues_keys],
-            args=[limit, ttl, job_id, *fields],
+        placed, waiting, running = self._acks.script(
+            self._script, [queue.key, started, rq_job.key, Queue.redis_queues_keys], [limit, ttl, job_id, *fields]
         )
         return Placed(bool(placed), int(waiting), int(running))

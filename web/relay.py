@@ -14,12 +14,16 @@ import queue
 import time
 import uuid
 from collections import deque
+from functools import partial
 
 from redis.exceptions import RedisError
+from rq.job import Job
 
 from common import keys
 from common.errors import QueueUnavailable, RunnerError
 from common.events import Done, Failed, Ping, Started, Tokens, ToolCalls, decode
+from common.jobs import GenerateJob
+from common.outage import through_outage
 from web import admission, deadlines, records
 from web.client import ClientWatch
 from web.hub import RESYNC, TICK
@@ -56,6 +60,10 @@ class JobRelay:
         self._started = False  # the job followed now was taken by a worker (Started)
         self._finished = False
         self._ready: deque[Answer] = deque()
+        self._job: GenerateJob | None = None  # what was placed, to place it again if Redis lost it
+        # While this process hears no worker (its subscription is down: Redis restarting, a
+        # failover), a worker's silence is not the worker's: it counts again from the resync.
+        self._deaf_until = 0.0
 
     def submit(self) -> None:
         """Check for room and enqueue; raises CapacityError, RunnerError or QueueUnavailable at once.
@@ -68,12 +76,19 @@ class JobRelay:
     def _submit(self) -> None:
         rt, request = self.rt, self.request
         model_id = request.model.model_id
-        rt.hub.ensure_running()
+        # Through Sentinel, Redis is back on a new master within seconds: wait for it (bounded)
+        # rather than answer 500, which costs the orchestrator its place in the gateway's pool.
+        wait_s = rt.failover_wait_s
+        rt.hub.ensure_running(max(2.0, wait_s))
+        what = f"job {self.job_id}: placing it"
         try:
-            space = admission.room(rt, model_id, stream=request.waits_for_room)
+            room = partial(admission.room, rt, model_id, stream=request.waits_for_room)
+            space = through_outage(room, what, within_s=wait_s)
             self._inbox = rt.hub.register(self.job_id)
             job = request.job(rt.hub.channel)
-            admission.place(rt, rt.queue(model_id), self.job_id, job, space)
+            place = partial(admission.place, rt, rt.queue(model_id), self.job_id, job, space)
+            through_outage(place, what, within_s=wait_s)
+            self._job = job
         except (RedisError, OSError) as exc:
             self._release()
             raise QueueUnavailable(f"the runner's queue (Redis) is unavailable: {exc}") from None
@@ -153,7 +168,10 @@ class JobRelay:
         if self._finished:
             return
         if raw is RESYNC:
+            self._deaf_until = now
             self._events.resync(now)
+            if not self._started and self._lost():
+                return
         else:
             for event in self._events.message(raw, now):
                 self._accept(event, now)
@@ -179,6 +197,30 @@ class JobRelay:
             msg = f"events {hole.first} to {hole.last} of this job were lost; retry"
             self._cancel("events lost")
             self._ready.append(self._finish_failed(msg, deadlines.EVENTS_LOST))
+
+    def _lost(self) -> bool:
+        """After the subscription came back: if Redis lost this unstarted job (a failover to a
+        replica that never received it: its hash is gone), place it again under a new id and
+        follow that; True then. The old id is cancelled, so a worker that took it from the old
+        master stops."""
+        rt, job = self.rt, self._job
+        try:
+            if job is None or rt.redis.exists(Job.key_for(self.job_id)):
+                return False
+        except (RedisError, OSError):
+            return False  # cannot tell now: the next resync asks again
+        lost, again = self.job_id, uuid.uuid4().hex
+        self.follow(again)
+        self.trace.job_id = again
+        try:
+            records.broadcast_cancel(rt.redis, lost)
+            admission.place(rt, rt.queue(job.model_id), again, job, admission.Room(admission.NO_LIMIT, 0, 0))
+        except (RedisError, OSError) as exc:
+            msg = f"the job was lost in a Redis failover before a replica had it, and could not be placed again: {exc}"
+            self._ready.append(self._finish_failed(msg, "lost_in_failover"))
+            return True
+        logger.warning("job %s: lost by Redis (a failover before a replica had it); placed again as %s", lost, again)
+        return True
 
     def _accept(self, raw: bytes, now: float) -> None:
         try:
@@ -218,11 +260,13 @@ class JobRelay:
             self.close()
             raise ClientGone
         rt, events = self.rt, self._events
+        if not rt.hub.subscribed:
+            self._deaf_until = now
         progress = deadlines.Progress(
             self.request.model.model_id,
             self._placed_at,
             started=self._started,
-            last_heard=events.last_heard,
+            last_heard=max(events.last_heard, self._deaf_until),
             worker=self.trace.worker,
             replay_due=events.replay_due,
         )

@@ -1,12 +1,11 @@
 """An RQ worker that runs up to `slots` jobs at once, in threads of one process (no fork per job).
 
-One worker serves one GPU's engine, which decodes several sequences at once; the worker takes
-jobs from Redis only while one of its slots is free, so the rest stay queued for other GPUs.
-Jobs are RQ jobs throughout (intermediate queue, registries, executions, heartbeats, results,
-`rq suspend`), each recorded once whatever its end (worker.records). The parts, one job each:
-taking (worker.dequeue, worker.intake), start bookkeeping (worker.starts), end bookkeeping
-(worker.records), the command/cancel channel (worker.channel), slots and draining
-(worker.draining), registry upkeep off the take loop (worker.maintenance).
+One worker serves one GPU's engine, which decodes several sequences at once; the worker takes jobs
+from Redis only while one of its slots is free, so the rest stay queued for other GPUs. Jobs are RQ
+jobs throughout (intermediate queue, registries, executions, heartbeats, results, `rq suspend`).
+The parts, one job each: taking (worker.dequeue, worker.intake), start bookkeeping (worker.starts),
+end bookkeeping, once whatever the end (worker.records), the command/cancel channel (worker.channel),
+slots and draining (worker.draining), registry upkeep off the take loop (worker.maintenance).
 """
 
 from __future__ import annotations
@@ -31,6 +30,8 @@ from rq.utils import now
 from rq.worker import BaseWorker, WorkerStatus
 
 from common import keys
+from common.acks import Acks
+from common.outage import through_outage
 from worker import jobguard, records
 from worker.active import ActiveJobs
 from worker.channel import CommandChannel
@@ -42,12 +43,13 @@ from worker.jobs import CLIENT_GONE, SHUTDOWN
 from worker.maintenance import Maintenance
 from worker.retention import PromptRetention
 from worker.runs import Runner
-from worker.starts import ENDED_ELSEWHERE, EXECUTION_TTL_S, WORKER_TTL_S, Batch, Starter, add_execution
+from worker.starts import ENDED_ELSEWHERE, EXECUTION_TTL_S, WORKER_TTL_S, Batch, Starter, refresh_executions
 
 logger = logging.getLogger(__name__)
 
 MAINTENANCE_INTERVAL_S = 60
 DEQUEUE_TIMEOUT_S = 1
+MAX_BACKOFF_S = 1.0  # between tries to take jobs while Redis is away: a new master is used within seconds
 STOPPED_BY_OPERATOR = "stopped by an operator"
 
 
@@ -69,6 +71,7 @@ class SlotWorker(BaseWorker):
         on_taken: Callable[[list[Job]], None] | None = None,
         prompts: PromptRetention | None = None,
         job_class: type[jobguard.RunnerJob] = jobguard.RunnerJob,
+        acks: Acks | None = None,
     ) -> None:
         super().__init__(
             queues,
@@ -91,7 +94,7 @@ class SlotWorker(BaseWorker):
         self.clock = RedisClock()
         # Jobs taken since start: the model schedule tells a stale engine answer by it.
         self.taken_total = 0
-        self._dequeuer = Dequeuer(connection, name)
+        self._dequeuer = Dequeuer(connection, name, acks)
         self._starter = Starter(self, self.clock, self._on_start if prompts is not None else None)
         self._runner = Runner(self, self.slots, active)
         self._registered = False
@@ -148,13 +151,7 @@ class SlotWorker(BaseWorker):
         expires = self.clock.now() + EXECUTION_TTL_S
         with self.connection.pipeline() as pipe:
             self.heartbeat(WORKER_TTL_S + 60, pipeline=pipe)
-            for execution in list(self.executions.values()):
-                job = execution.job
-                # Not Execution.heartbeat: its HSET would bring back the record of an execution
-                # that a job thread ended while this beat was on its way. EXPIRE and XX never do.
-                pipe.expire(execution.key, EXECUTION_TTL_S)
-                add_execution(pipe, job, execution, expires, xx=True)
-                job.heartbeat(now(), EXECUTION_TTL_S, pipeline=pipe)
+            refresh_executions(pipe, list(self.executions.values()), expires)
             pipe.execute()
 
     def note_end(self, job: Job, pipe: Pipeline) -> None:
@@ -236,7 +233,7 @@ class SlotWorker(BaseWorker):
                 except (RedisError, OSError) as exc:
                     logger.error("worker %s: Redis unavailable (%s); retrying in %.1f s", self.name, exc, backoff)
                     self.slots.stop.wait(backoff)
-                    backoff = min(backoff * 2, 5.0)
+                    backoff = min(backoff * 2, MAX_BACKOFF_S)
         finally:
             drain(self.slots, self.active, self.grace_s, self.name)
             self._pool.shutdown(wait=False)
@@ -275,9 +272,12 @@ class SlotWorker(BaseWorker):
                 self.on_taken(jobs)
             except Exception:
                 logger.exception("jobs %s: could not be started early; each starts in its thread", jobs)
+        intermediate = IntermediateQueue.get_intermediate_queue_key(taken.queue_key)
         try:
             intermediate = IntermediateQueue.get_intermediate_queue_key(taken.queue_key)
-            batch.executions = self._starter.mark_started(jobs, intermediate, taken.token_key)
+            # The jobs run already: their start is recorded once Redis answers (a failover).
+            start = lambda: self._starter.mark_started(jobs, intermediate, taken.token_key)  # noqa: E731
+            batch.executions = through_outage(start, "start bookkeeping")
             for job, execution in zip(jobs, batch.executions, strict=True):
                 if execution is None:
                     self.active.cancel(job.id, ENDED_ELSEWHERE)

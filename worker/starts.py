@@ -18,6 +18,7 @@ from uuid import uuid4
 from redis.client import Pipeline
 from rq.executions import Execution, ExecutionRegistry
 from rq.job import Job, JobStatus
+from rq.utils import now, utcformat
 from rq.worker import BaseWorker, WorkerStatus
 
 from common.job_state import Command, Guarded, commands, run_guarded
@@ -55,6 +56,25 @@ def add_execution(pipe: Pipeline, job: Job, execution: Execution, expires: float
     pipe.zadd(registry.key, {execution.id: int(expires) + 60}, xx=xx)
     if not xx:
         pipe.expire(registry.key, EXECUTION_TTL_S + 60)
+
+
+# Job.heartbeat's HSET, only on a job that still exists: one whose record was lost (a failover
+# before the replica had it) must not come back as a stub that never expires.
+_HEARTBEAT_IF_PRESENT = (
+    "if redis.call('EXISTS', KEYS[1]) == 1 then return redis.call('HSET', KEYS[1], 'last_heartbeat', ARGV[1]) end"
+)
+
+
+def refresh_executions(pipe: Pipeline, executions: list[Execution], expires: float) -> None:
+    """RQ's heartbeat of running executions (rq/executions.py Execution.heartbeat, Job.heartbeat),
+    but never bringing back a record that is gone: not Execution.heartbeat, whose HSET would
+    recreate the record of an execution a job thread ended while the beat was on its way (EXPIRE
+    and XX never do), nor Job.heartbeat's HSET on a job Redis lost."""
+    for execution in executions:
+        job = execution.job
+        pipe.expire(execution.key, EXECUTION_TTL_S)
+        add_execution(pipe, job, execution, expires, xx=True)
+        pipe.eval(_HEARTBEAT_IF_PRESENT, 1, job.key, utcformat(now()))
 
 
 class Starter:
