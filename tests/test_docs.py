@@ -32,8 +32,21 @@ README_MAX_LINES = 250
 ENV_NAME = re.compile(r"^[A-Z][A-Z0-9_]*[A-Z0-9]$")
 ROW = re.compile(r"^\|\s*`([A-Z][A-Z0-9_]*)`\s*\|\s*(.*?)\s*\|.*\|\s*$")
 LEADING_CODE = re.compile(r"^`([^`]*)`")
-# _Env readers (common/settings.py) whose variable has no default value of its own: unset is None.
-OPTIONAL_READERS = frozenset({"text", "optional_integer", "optional_boolean"})
+# Env readers (common/env.py) whose variable has no default value of its own: unset is None (or
+# "", for `text`, which Settings turns into None). Read from their return annotations.
+
+
+def _optional_readers() -> frozenset[str]:
+    """`text`, and every Env reader annotated to return `... | None`."""
+    tree = ast.parse((REPO / "common" / "env.py").read_text())
+    found = {"text"}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef) and node.returns is not None and "None" in ast.unparse(node.returns):
+            found.add(node.name)
+    return frozenset(found)
+
+
+OPTIONAL_READERS = _optional_readers()
 # Variables a library reads on the runner's behalf: name → (file in site-packages, what it contains).
 LIBRARY_READS = {"WEB_CONCURRENCY": ("gunicorn/config.py", 'os.environ.get("WEB_CONCURRENCY"')}
 
