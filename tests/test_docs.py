@@ -41,7 +41,7 @@ def _optional_readers() -> frozenset[str]:
     tree = ast.parse((REPO / "common" / "env.py").read_text())
     found = {"text"}
     for node in ast.walk(tree):
-        if isinstance(node, ast.FunctionDef) and node.returns is not None and "None" in ast.unparse(node.returns):
+        if isinstance(node, ast.FunctionDef) and node.returns is not None and "| None" in ast.unparse(node.returns):
             found.add(node.name)
     return frozenset(found)
 
