@@ -32,18 +32,20 @@ README_MAX_LINES = 250
 ENV_NAME = re.compile(r"^[A-Z][A-Z0-9_]*[A-Z0-9]$")
 ROW = re.compile(r"^\|\s*`([A-Z][A-Z0-9_]*)`\s*\|\s*(.*?)\s*\|.*\|\s*$")
 LEADING_CODE = re.compile(r"^`([^`]*)`")
-# Env readers (common/env.py) whose variable has no default value of its own: unset is None (or
-# "", for `text`, which Settings turns into None). Read from their return annotations.
+# Env readers (common/env.py) whose variable has no default value of its own (unset reads as None,
+# "" or nothing): the readers that take no `default` argument.
 
 
 def _optional_readers() -> frozenset[str]:
-    """`text`, and every Env reader annotated to return `... | None`."""
+    """Every public Env reader without a `default` parameter."""
     tree = ast.parse((REPO / "common" / "env.py").read_text())
-    found = {"text"}
-    for node in ast.walk(tree):
-        if isinstance(node, ast.FunctionDef) and node.returns is not None and "| None" in ast.unparse(node.returns):
-            found.add(node.name)
-    return frozenset(found)
+    return frozenset(
+        node.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.FunctionDef)
+        and not node.name.startswith("_")
+        and "default" not in {arg.arg for arg in node.args.args + node.args.kwonlyargs}
+    )
 
 
 OPTIONAL_READERS = _optional_readers()
