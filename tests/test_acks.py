@@ -13,7 +13,7 @@ from redis import Redis
 
 from common.acks import Acks
 from tests.sentinel_cluster import SentinelCluster
-from web.admission import PLACE_SCRIPT
+from web.placement import PLACE_SCRIPT
 
 pytestmark = pytest.mark.e2e
 

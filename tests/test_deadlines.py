@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from common.errors import NO_ROOM
+from common.outage import OUTAGE_S
 from common.settings import Settings
-from web.deadlines import EVENTS_LOST, QUEUE_TIMEOUT, SHUTDOWN, WORKER_LOST, Progress, overdue
+from web.deadlines import EVENTS_LOST, QUEUE_TIMEOUT, SHUTDOWN, WORKER_LOST, Deafness, Progress, overdue
 
 SETTINGS = Settings(queue_timeout_s=30.0, worker_silence_s=5.0, shutdown_grace_s=10.0)
 QUEUED = Progress("m", placed_at=100.0, started=False, last_heard=100.0)
@@ -39,3 +40,14 @@ def test_a_shutdown_ends_any_job_after_its_grace_first() -> None:
     # Past the queue timeout and the silence too: the shutdown is what is said.
     due = overdue(SETTINGS, RUNNING, 500.0, 0.0)
     assert due is not None and due.reason == SHUTDOWN
+
+
+def test_silence_counts_not_while_this_process_hears_nobody_and_never_past_the_outage_allowance() -> None:
+    deaf = Deafness()
+    assert deaf.until(True, 100.0) == 0.0  # hearing: the worker's own last event decides
+    assert deaf.until(False, 101.0) == 101.0  # the subscription is down: silence stops counting
+    assert deaf.until(False, 105.0) == 105.0
+    assert deaf.until(False, 101.0 + OUTAGE_S + 30) == 101.0 + OUTAGE_S  # a long outage: it counts again
+    deaf.resynced(200.0)
+    assert deaf.until(True, 203.0) == 200.0  # back: the worker's silence counts from the resync
+    assert deaf.until(False, 204.0) == 204.0  # a new outage gets its own allowance

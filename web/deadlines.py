@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from common.errors import no_room
+from common.outage import OUTAGE_S
 from common.settings import Settings
 
 SHUTDOWN, QUEUE_TIMEOUT, WORKER_LOST, EVENTS_LOST = "shutdown", "queue_timeout", "worker_lost", "events_lost"
@@ -55,3 +56,27 @@ def overdue(settings: Settings, job: Progress, now: float, draining_since: float
         # The worker may be fine: it is this process that cannot read the job's events.
         return Overdue(EVENTS_LOST, f"this job's events could not be read from Redis for {silent:.1f} s; retry")
     return Overdue(WORKER_LOST, f"worker {job.worker} stopped responding (silent for {silent:.1f} s)")
+
+
+class Deafness:
+    """Since when a worker's silence counts again after this process heard nobody (its event
+    subscription down: Redis restarting, a failover). Silence meanwhile is not the worker's: it
+    counts again from the resync, or once the outage outlasts what a worker keeps of its events
+    (OUTAGE_S, the publisher's retries), so a request never hangs on an outage."""
+
+    def __init__(self) -> None:
+        self._until = 0.0
+        self._since: float | None = None
+
+    def resynced(self, now: float) -> None:
+        """The subscription came back: the worker's silence counts from now."""
+        self._until = now
+
+    def until(self, subscribed: bool, now: float) -> float:
+        """Note whether this process hears workers now; the time silence counts from at the earliest."""
+        if subscribed:
+            self._since = None
+        else:
+            self._since = now if self._since is None else self._since
+            self._until = max(self._until, min(now, self._since + OUTAGE_S))
+        return self._until

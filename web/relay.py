@@ -61,9 +61,7 @@ class JobRelay:
         self._finished = False
         self._ready: deque[Answer] = deque()
         self._job: GenerateJob | None = None  # what was placed, to place it again if Redis lost it
-        # While this process hears no worker (its subscription is down: Redis restarting, a
-        # failover), a worker's silence is not the worker's: it counts again from the resync.
-        self._deaf_until = 0.0
+        self._deaf = deadlines.Deafness()  # while this process hears no worker, silence is not theirs
 
     def submit(self) -> None:
         """Check for room and enqueue; raises CapacityError, RunnerError or QueueUnavailable at once.
@@ -168,7 +166,7 @@ class JobRelay:
         if self._finished:
             return
         if raw is RESYNC:
-            self._deaf_until = now
+            self._deaf.resynced(now)
             self._events.resync(now)
             if not self._started and self._lost():
                 return
@@ -260,13 +258,11 @@ class JobRelay:
             self.close()
             raise ClientGone
         rt, events = self.rt, self._events
-        if not rt.hub.subscribed:
-            self._deaf_until = now
         progress = deadlines.Progress(
             self.request.model.model_id,
             self._placed_at,
             started=self._started,
-            last_heard=max(events.last_heard, self._deaf_until),
+            last_heard=max(events.last_heard, self._deaf.until(rt.hub.subscribed, now)),
             worker=self.trace.worker,
             replay_due=events.replay_due,
         )
