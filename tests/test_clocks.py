@@ -16,7 +16,7 @@ from tests.client import call
 from tests.fake_ollama import FakeOllama
 from tests.golivepeer import read_stream
 from tests.rawclient import RawRequest
-from tests.stack import Stack
+from tests.stack import Stack, wait_until
 from tests.test_faults import LLAMA, body, start
 from worker.starts import EXECUTION_TTL_S
 
@@ -42,7 +42,9 @@ def test_a_worker_with_a_fast_clock_serves_fresh_jobs_and_scores_on_redis_time(
     request = RawRequest(f"{stack.web_url}/llm", body("scored", stream=True))
     request.read_until(b"data: ")
     registry = f"rq:wip:{queue_name(LLAMA)}"
-    ((_, score),) = redis.zrange(registry, 0, -1, withscores=True)
+    # The start is recorded once Started (sent with the first tokens) is in Redis: wait for it.
+    entries = wait_until(lambda: redis.zrange(registry, 0, -1, withscores=True), 10, "the job's execution")
+    ((_, score),) = entries
     redis_now = redis.time()[0]
     assert redis_now < score <= redis_now + EXECUTION_TTL_S + 2, f"expiry {score - redis_now:+.0f} s from Redis's now"
     request.read_all(timeout=15)

@@ -22,7 +22,7 @@ from common.live_runner import (
 from common.settings import Settings
 from ops.liverunner import static_config
 from tests.golivepeer_live import LiveRunnerRegistry, RunnerError, go_duration, static_health_url
-from web.live_lease import Credentials, Lease
+from web.live_lease import STATE_TTL_FACTOR, Credentials, Lease
 
 LLAMA = "meta-llama/Meta-Llama-3.1-8B-Instruct"
 QWEN = "Qwen/Qwen2.5-7B-Instruct"
@@ -195,7 +195,8 @@ def test_one_process_holds_a_registration_and_only_it_writes_the_credentials(red
     assert a.holder() == "host:1:a"
     a.release()
     assert b.hold(2.0) and b.load("http://orch") == credentials  # the next holder carries the registration on
-    assert 0 < redis.pttl("llmrunner:liverunner:farm-x:state") <= 20_000
+    # Kept past the orchestrator's TTL (a slow takeover still finds them), yet expiring.
+    assert 20_000 < redis.pttl("llmrunner:liverunner:farm-x:state") <= 20_000 * STATE_TTL_FACTOR
     assert b.forget() and b.load("http://orch") is None
 
 

@@ -74,6 +74,10 @@ class Credentials:
         )  # fmt: skip
 
 
+# The stored credentials outlive the orchestrator's TTL by this factor (see LiveLease.save).
+STATE_TTL_FACTOR = 3
+
+
 class Lease:
     """The lease and stored credentials of one registration, seen from one web process (`owner`)."""
 
@@ -111,9 +115,10 @@ class Lease:
         return credentials if credentials.orch_url == orch_url else None
 
     def save(self, credentials: Credentials) -> bool:
-        """Store the credentials while holding the lease, kept as long as the orchestrator keeps an
-        unheard runner (its TTL); whether they were stored."""
-        ttl_ms = max(1000, int(credentials.ttl_s * 1000))
+        """Store the credentials while holding the lease, kept a few times as long as the orchestrator
+        keeps an unheard runner (its TTL): a takeover slowed by a loaded host still finds them (stale
+        ones cost one heartbeat answered 404/401, then a registration); whether they were stored."""
+        ttl_ms = max(1000, int(credentials.ttl_s * 1000 * STATE_TTL_FACTOR))
         return bool(self._save(keys=[self._lease, self._state], args=[self.owner, credentials.to_json(), ttl_ms]))
 
     def forget(self) -> bool:
