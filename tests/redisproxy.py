@@ -6,7 +6,9 @@ hostile network path would, and `refuse` closes every chosen connection, now and
 made again. Faults on one command (chosen by a marker in what the client sends with it):
 `drop_reply` forwards the command, lets Redis run it, and closes the connection instead of
 delivering the answer (a reply lost on the way back: the client cannot tell whether it ran);
-`stall` forwards nothing more on that connection, either way (a peer that stops answering).
+`stall` forwards nothing more on that connection, either way (a peer that stops answering);
+`cut` closes the connection instead of forwarding the command (it never reaches Redis); `hold`
+keeps the command until the test releases it, then forwards it (a slow path, on one command).
 `silence` makes every new connection hang unanswered (a Redis that accepts and stays silent).
 """
 
@@ -59,9 +61,21 @@ class RedisProxy:
             self._faults.append(fault)
         return fault
 
-    def stall(self, marker: bytes) -> _Fault:
-        """The next command carrying `marker` is not forwarded, nor anything after it on its connection."""
-        fault = _Fault(marker, 1, "stall")
+    def stall(self, marker: bytes, *, times: int = 1) -> _Fault:
+        """The next `times` commands carrying `marker` are not forwarded, nor anything after them on
+        their connections."""
+        return self._add(_Fault(marker, times, "stall"))
+
+    def cut(self, marker: bytes, *, times: int = 1) -> _Fault:
+        """The next `times` commands carrying `marker` never reach Redis: their connections close."""
+        return self._add(_Fault(marker, times, "cut"))
+
+    def hold(self, marker: bytes) -> _Fault:
+        """The next command carrying `marker` waits in the proxy (and its connection with it) until
+        the fault's `release()`; then it goes to Redis."""
+        return self._add(_Fault(marker, 1, "hold"))
+
+    def _add(self, fault: _Fault) -> _Fault:
         with self._lock:
             self._faults.append(fault)
         return fault
@@ -96,6 +110,8 @@ class RedisProxy:
         self._listener.close()
         with self._lock:
             links, self._links = self._links, []
+            for fault in self._faults:
+                fault.release()
         for link in links:
             link.close()
 
@@ -132,8 +148,9 @@ class RedisProxy:
         with self._lock:
             for fault in self._faults:
                 if fault.left > 0 and fault.marker in data:
-                    if fault.kind == "stall":
+                    if fault.kind != "drop":  # a dropped reply is used up when its answer comes
                         fault.left -= 1
+                        fault.hits += 1
                     return fault
         return None
 
@@ -163,6 +180,13 @@ class RedisProxy:
                     link.stalled = True
                     fault.hit.set()
                     continue  # nothing more goes either way; the client waits
+                if fault is not None and fault.kind == "cut":
+                    fault.hit.set()
+                    break
+                if fault is not None and fault.kind == "hold":
+                    fault.hit.set()
+                    fault.released.wait(60)
+                    fault = None
                 link.awaiting = fault
                 link.server.sendall(data)
         except OSError:
@@ -193,6 +217,12 @@ class _Fault:
     kind: str
     reply: bytes = b""
     hit: threading.Event = field(default_factory=threading.Event)
+    hits: int = 0  # how many commands it caught (stall, cut, hold)
+    released: threading.Event = field(default_factory=threading.Event)
+
+    def release(self) -> None:
+        """A held command goes on to Redis."""
+        self.released.set()
 
 
 def _sent_all(link: _Link, markers: tuple[bytes, ...]) -> bool:
