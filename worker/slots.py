@@ -70,7 +70,6 @@ class SlotWorker(BaseWorker):
         max_age_s: float | None = None,
         on_taken: Callable[[list[Job]], None] | None = None,
         prompts: PromptRetention | None = None,
-        job_class: type[jobguard.RunnerJob] = jobguard.RunnerJob,
     ) -> None:
         super().__init__(
             queues,
@@ -80,7 +79,7 @@ class SlotWorker(BaseWorker):
             worker_ttl=WORKER_TTL_S,
             maintenance_interval=MAINTENANCE_INTERVAL_S,
             exception_handlers=[records.log_failure],
-            job_class=job_class,
+            job_class=jobguard.RunnerJob,
         )
         self.slots = Slots(slots)
         self.active = active
