@@ -19,7 +19,8 @@ from rq.job import Job
 
 from worker.jobguard import RunnerJob
 
-# RQ's Job members that send a webhook or import a callback, each replaced by RunnerJob's own.
+# RQ's Job members that send a webhook or import a callback, each replaced in place by RunnerJob's
+# own: Job.send_webhooks, Job.success_callback, Job.failure_callback, Job.stopped_callback.
 HOOKS = ("send_webhooks", "success_callback", "failure_callback", "stopped_callback")
 
 
