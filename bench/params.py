@@ -28,6 +28,8 @@ class Params:
     real_tokens: int = 64
     out: Path = REPO / "bench" / "results"
     strict: bool = False
+    # Redis through Sentinel (a master, a replica, three sentinels), replicas acknowledging writes.
+    sentinel: bool = False
 
     def describe(self) -> dict[str, Any]:
         """The parameters as plain values, for the report."""
@@ -55,9 +57,12 @@ def parse_args(argv: list[str] | None = None) -> Params:
     ap.add_argument("--rate", type=float, help="tokens/s per stream in the concurrency scenario")
     ap.add_argument("--real-n", type=int, help="requests per path on the real model (0 skips that section)")
     ap.add_argument("--strict", action="store_true", help="also exit non-zero (3) when a target is missed")
+    ap.add_argument(
+        "--sentinel", action="store_true", help="Redis as a master, a replica and three sentinels (Redis Sentinel)"
+    )
     a = ap.parse_args(argv)
     p = replace(Params(), **QUICK) if a.quick else Params()  # type: ignore[arg-type]
-    changes: dict[str, Any] = {"strict": a.strict}
+    changes: dict[str, Any] = {"strict": a.strict, "sentinel": a.sentinel}
     if a.n:
         changes["ns"] = tuple(sorted({int(x) for x in a.n.split(",") if x.strip()}))
         if not changes["ns"] or min(changes["ns"]) < 1:

@@ -71,7 +71,7 @@ def execute(p: Params) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, _interrupt)  # also when started with SIGINT ignored (background jobs)
     workdir = Path(tempfile.mkdtemp(prefix="llm-bench-"))
-    stack = Stack(workdir, slots=max(p.ns))
+    stack = Stack(workdir, slots=max(p.ns), sentinel=p.sentinel)
     verifier, res = Verifier(), Results()
     started, ok = time.time(), False
     try:
@@ -101,7 +101,13 @@ def execute(p: Params) -> int:
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(started)),
         "command": "python -m bench " + " ".join(sys.argv[1:]),
         "duration": f"{time.time() - started:.0f} s",
-        "stack": "redis-server, fake Ollama (tests.fake_ollama in its own process), web = gunicorn as "
+        "stack": (
+            "Redis through Sentinel (master, replica and 3 sentinels on loopback, REDIS_WAIT_REPLICAS="
+            f"{os.environ.get('REDIS_WAIT_REPLICAS') or '1 (default)'})"
+            if p.sentinel
+            else "redis-server"
+        )
+        + ", fake Ollama (tests.fake_ollama in its own process), web = gunicorn as "
         "web_command() (1 gevent worker process), 1 worker as worker_command() with "
         f"OLLAMA_NUM_PARALLEL={max(p.ns)}; client = asyncio raw sockets in the bench process, "
         "sharing the same cores",

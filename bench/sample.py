@@ -22,6 +22,12 @@ class Meter:
 
     def procs(self, group: str) -> list[psutil.Process]:
         """The live processes of a group."""
+        if group == "redis":  # every Redis process: with Sentinel, the nodes and the sentinels
+            found = []
+            for redis_pid in self.stack.redis_pids():
+                with suppress(psutil.NoSuchProcess):
+                    found.append(psutil.Process(redis_pid))
+            return found
         pid = os.getpid() if group == "client" else self.stack.child(group).pid
         try:
             root = psutil.Process(pid)

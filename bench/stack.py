@@ -14,8 +14,10 @@ from redis import Redis
 
 from bench.procs import Child, StartError, spawn, stop_all, wait_until
 from common.fleet import READY, read_fleet
+from common.redis_client import make_redis
 from common.settings import Settings
 from ops.supervise import free_port, web_command, worker_command
+from tests.sentinel_cluster import SentinelCluster
 
 REPO = Path(__file__).resolve().parent.parent
 FAKE_NVML = REPO / "tests" / "fake_nvml"
@@ -28,9 +30,11 @@ VRAM_MB = 1 << 24
 class Stack:
     """Starts the processes, knows their pids and logs, stops them all (also on failure)."""
 
-    def __init__(self, workdir: Path, slots: int) -> None:
+    def __init__(self, workdir: Path, slots: int, *, sentinel: bool = False) -> None:
         self.workdir = workdir
         self.slots = slots
+        self.sentinel = sentinel
+        self.cluster: SentinelCluster | None = None
         self.children: list[Child] = []
         self.redis_url = ""
         self.fake_url = ""
@@ -55,6 +59,9 @@ class Stack:
         return child
 
     def _start_redis(self) -> None:
+        if self.sentinel:
+            self._start_sentinel()
+            return
         binary = shutil.which("redis-server") or "/usr/bin/redis-server"
         port = free_port()
         argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
@@ -63,6 +70,14 @@ class Stack:
         self.redis_url = f"redis://127.0.0.1:{port}/0"
         self.redis = Redis.from_url(self.redis_url)
         wait_until(child, self.redis.ping, "redis-server to answer PING")
+
+    def _start_sentinel(self) -> None:
+        """A master, its replica and three sentinels (tests/sentinel_cluster.py), as an operator's HA Redis."""
+        directory = self.workdir / "redis"
+        directory.mkdir()
+        self.cluster = SentinelCluster(directory).start()
+        self.redis_url = f"{self.cluster.url} via sentinels {self.cluster.env()['REDIS_SENTINELS']}"
+        self.redis = make_redis(self.cluster.target(), max_connections=4)
 
     def _start_fake(self) -> None:
         argv = [sys.executable, "-m", "bench.fake", "--slots", str(max(self.slots, 1024))]
@@ -77,7 +92,7 @@ class Stack:
     def _runner_env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k not in ("FAKE_NVML_GPUS", "AUTH_TOKEN", "MODELS", "PORT")}
         env.update(
-            REDIS_URL=self.redis_url,
+            **(self.cluster.env() if self.cluster else {"REDIS_URL": self.redis_url}),
             OLLAMA_URL=self.fake_url,
             OLLAMA_NUM_PARALLEL=str(self.slots),
             MAX_QUEUE="100000",
@@ -135,6 +150,12 @@ class Stack:
         """The started process called `name`."""
         return next(c for c in self.children if c.name == name)
 
+    def redis_pids(self) -> list[int]:
+        """The Redis processes: the one redis-server, or the Sentinel deployment's nodes and sentinels."""
+        if self.cluster is not None:
+            return [node.proc.pid for node in self.cluster.nodes]
+        return [self.child("redis").pid]
+
     def settings(self) -> Settings:
         """The settings the worker runs with (for the direct path's body)."""
         return Settings.from_env(self.env)
@@ -154,3 +175,5 @@ class Stack:
         if self.redis is not None:
             self.redis.close()
         stop_all(self.children)
+        if self.cluster is not None:
+            self.cluster.stop()

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from urllib.parse import urlsplit
 
 from common.errors import ConfigError
+from common.redis_target import parse_sentinels
 from common.version import SEMVER
 
 # Ollama accepts keep_alive as a number of seconds or as a Go duration string.
@@ -118,6 +119,16 @@ class Env:
         if not 0.0 <= value < float("inf"):
             raise ConfigError(f"{name}: expected a finite price of 0 or more, got {raw!r}")
         return value
+
+    def sentinels(self, name: str) -> tuple[tuple[str, int], ...]:
+        """Sentinel addresses as `host:port,host:port` (empty when unset)."""
+        raw = self.text(name)
+        if not raw:
+            return ()
+        try:
+            return parse_sentinels(raw)
+        except ValueError as exc:
+            raise ConfigError(f"{name}: expected host:port,host:port ({exc}), got {raw!r}") from None
 
     def keep_alive(self, name: str, default: int | str) -> int | str:
         raw = self.text(name)

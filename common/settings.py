@@ -9,6 +9,7 @@ from typing import Any
 from common.env import Env
 from common.errors import ConfigError
 from common.models import DEFAULT_MODELS, ModelSpec, parse_models
+from common.redis_target import RedisTarget
 from common.version import __version__
 
 KV_TYPES = ("F16", "Q8_0", "Q4_0")
@@ -22,6 +23,15 @@ class Settings:
     """Every setting of the runner; `from_env` documents the variable behind each field."""
 
     redis_url: str = "redis://localhost:6379/0"
+    # Redis through Sentinel: the sentinels and the master name they watch (REDIS_URL then gives
+    # only the password, database and TLS), and the sentinels' own password.
+    redis_sentinels: tuple[tuple[str, int], ...] = ()
+    redis_sentinel_master: str = ""
+    redis_sentinel_password: str | None = None
+    # Replicas that must acknowledge a job's placement and its take before the runner goes on
+    # (Redis WAIT), and for how long at most. None: 1 with Sentinel, 0 (no WAIT) without.
+    redis_wait_replicas: int | None = None
+    redis_wait_ms: int = 50
     port: int = 8000
     ollama_url: str = "http://localhost:11434"
     # The worker's engine: Ollama's native API (OLLAMA_URL), or any OpenAI-compatible server.
@@ -87,6 +97,19 @@ class Settings:
     live_runner_price_usd: float = 0.0
 
     @property
+    def redis_target(self) -> RedisTarget:
+        """Where every process finds Redis: REDIS_URL, or the master the sentinels name."""
+        return RedisTarget(self.redis_url, self.redis_sentinels, self.redis_sentinel_master,
+                           self.redis_sentinel_password)  # fmt: skip
+
+    @property
+    def wait_replicas(self) -> int:
+        """REDIS_WAIT_REPLICAS, or its default: 1 with Sentinel (a replica to fail over to), else 0."""
+        if self.redis_wait_replicas is not None:
+            return self.redis_wait_replicas
+        return 1 if self.redis_sentinels else 0
+
+    @property
     def default_model(self) -> ModelSpec:
         """The model used when a request's `model` is empty: the first of MODELS."""
         return self.models[0]
@@ -126,8 +149,21 @@ class Settings:
             given = "LIVE_RUNNER_ORCH_URL" if live_secret is None else "LIVE_RUNNER_SECRET"
             raise ConfigError(f"{missing}: required with {given} (the orchestrator's URL and its -orchSecret "
                               "register this runner together)")  # fmt: skip
+        sentinels = env.sentinels("REDIS_SENTINELS")
+        master = env.text("REDIS_SENTINEL_MASTER")
+        if sentinels and not master:
+            raise ConfigError("REDIS_SENTINEL_MASTER: required with REDIS_SENTINELS (the name the sentinels monitor)")
+        if master and not sentinels:
+            raise ConfigError("REDIS_SENTINELS: required with REDIS_SENTINEL_MASTER (host:port,host:port)")
+        # Through Sentinel, REDIS_URL names no host to reach, only how to speak to the master.
+        redis_schemes = ("redis", "rediss") if sentinels else ("redis", "rediss", "unix")
         return cls(
-            redis_url=env.url("REDIS_URL", cls.redis_url, schemes=("redis", "rediss", "unix")),
+            redis_url=env.url("REDIS_URL", cls.redis_url, schemes=redis_schemes),
+            redis_sentinels=sentinels,
+            redis_sentinel_master=master,
+            redis_sentinel_password=env.text("REDIS_SENTINEL_PASSWORD") or None,
+            redis_wait_replicas=env.optional_integer("REDIS_WAIT_REPLICAS", low=0, high=16),
+            redis_wait_ms=env.integer("REDIS_WAIT_MS", cls.redis_wait_ms, low=1, high=10_000),
             port=env.integer("PORT", cls.port, low=1, high=65535),
             ollama_url=env.url("OLLAMA_URL", cls.ollama_url, schemes=("http", "https")).rstrip("/"),
             backend=backend,

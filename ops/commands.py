@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
+from redis import Redis
 from redis.exceptions import RedisError
 
 from common.errors import BackendError
@@ -17,7 +18,6 @@ from common.fleet import READY, WorkerRecord, capacity, read_fleet, why_unserved
 from common.redis_client import make_redis
 from common.settings import Settings
 from common.vram import GIB
-from ops.secrets_file import shown_url
 from worker.gpu import GpuMonitor, list_gpus
 from worker.ollama_admin import ADMIN_TIMEOUT_S, OllamaAdmin, normalize_tag
 
@@ -66,7 +66,7 @@ def _ollama(url: str, timeout: float = PROBE_TIMEOUT_S) -> Iterator[OllamaAdmin]
 
 def _read_fleet(settings: Settings) -> list[WorkerRecord]:
     """The fleet's records, on a client closed after the read; RedisError or OSError if unreachable."""
-    redis = make_redis(settings.redis_url, max_connections=4)
+    redis = make_redis(settings.redis_target, max_connections=4)
     try:
         return read_fleet(redis)
     finally:
@@ -77,13 +77,16 @@ def doctor(settings: Settings, out: TextIO = sys.stdout) -> int:
     """Check Redis, the fleet's workers and their Ollamas, GPUs and every model's fit; 0 if all is well."""
     report = Report(out)
     report.ok(f"configuration: {len(settings.models)} model(s): {', '.join(m.model_id for m in settings.models)}")
-    redis = make_redis(settings.redis_url, max_connections=4)
+    redis = make_redis(settings.redis_target, max_connections=4)
+    where = settings.redis_target.describe()
     try:
         version = redis.info("server").get("redis_version", "?")
-        report.ok(f"Redis at {shown_url(settings.redis_url)} answers (version {version})")
+        report.ok(f"Redis at {where} answers (version {version})")
+        if settings.wait_replicas:
+            _check_replicas(redis, settings, report)
         records = read_fleet(redis)
     except (RedisError, OSError) as exc:
-        report.fail(f"cannot reach Redis at {shown_url(settings.redis_url)}: {exc}", "start Redis or fix REDIS_URL")
+        report.fail(f"cannot reach Redis at {where}: {exc}", "start Redis or fix REDIS_URL (or REDIS_SENTINELS)")
         records = None
     finally:
         redis.close()
@@ -93,6 +96,18 @@ def doctor(settings: Settings, out: TextIO = sys.stdout) -> int:
     summary = f"{report.failures} problem(s), {report.warnings} warning(s)"
     print(summary if report.failures or report.warnings else "all good", file=out)
     return 1 if report.failures else 0
+
+
+def _check_replicas(redis: Redis, settings: Settings, report: Report) -> None:
+    """Whether the master has the replicas that acknowledge placements (REDIS_WAIT_REPLICAS)."""
+    replication = redis.info("replication")
+    replicas = int(replication.get("connected_slaves", 0))
+    line = f"Redis master has {replicas} replica(s) connected; {settings.wait_replicas} must acknowledge each job"
+    if replicas >= settings.wait_replicas:
+        report.ok(line)
+    else:
+        report.warn(line + ": a failover now could lose the last jobs placed, and one has nowhere to go",
+                    "start a replica (after a failover: bring the old master back, Sentinel makes it one)")  # fmt: skip
 
 
 def _check_local(settings: Settings, report: Report) -> None:

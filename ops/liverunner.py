@@ -55,7 +55,7 @@ def cmd_liverunner(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
               file=sys.stderr)  # fmt: skip
         return 2
     try:
-        records: list[WorkerRecord] = read_fleet(make_redis(settings.redis_url, max_connections=4))
+        records: list[WorkerRecord] = read_fleet(make_redis(settings.redis_target, max_connections=4))
     except (RedisError, OSError):
         print("warning: cannot read the fleet from Redis; every capacity written as 1", file=sys.stderr)
         records = []

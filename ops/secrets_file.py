@@ -5,10 +5,11 @@ from __future__ import annotations
 import os
 import re
 import secrets
+from collections.abc import Sequence
 from urllib.parse import urlsplit, urlunsplit
 
 # Variables the compose files require (`${NAME:?...}`) that nobody has to choose by hand.
-GENERATED = ("REDIS_PASSWORD", "RQ_DASHBOARD_PASSWORD")
+GENERATED = ("REDIS_PASSWORD", "REDIS_SENTINEL_PASSWORD", "RQ_DASHBOARD_PASSWORD")
 _ASSIGNMENT = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*?)\s*$")
 
 
@@ -27,8 +28,14 @@ def shown_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
-def ensure(path: str) -> tuple[str, list[str]]:
-    """Give each GENERATED variable of the .env at `path` a value if it has none; returns (path, names written).
+def required(compose_text: str) -> list[str]:
+    """The GENERATED variables a compose file requires (`${NAME:?...}`)."""
+    return [name for name in GENERATED if f"${{{name}:?" in compose_text]
+
+
+def ensure(path: str, names: Sequence[str] = GENERATED) -> tuple[str, list[str]]:
+    """Give each of `names` (GENERATED variables) in the .env at `path` a value if it has none;
+    returns (path, names written).
 
     An empty assignment (as copied from .env.example) is filled in place; a missing one is
     appended; a value already set is kept. The file is readable by its owner only.
@@ -39,7 +46,7 @@ def ensure(path: str) -> tuple[str, list[str]]:
             lines = existing.read().splitlines()
     values = {m.group(1): (i, m.group(2)) for i, line in enumerate(lines) if (m := _ASSIGNMENT.match(line))}
     written = []
-    for name in GENERATED:
+    for name in names:
         index, value = values.get(name, (None, ""))
         if value.strip("'\""):
             continue

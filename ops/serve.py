@@ -12,7 +12,11 @@ import argparse
 import os
 from typing import Any
 
+from redis import Redis
+
 from common.errors import ConfigError
+from common.redis_client import make_redis
+from common.redis_conn import node_options
 from common.settings import Settings
 from ops.job_hooks import disable_job_hooks
 from ops.supervise import web_command
@@ -46,6 +50,35 @@ def dashboard_port(raw: str) -> int:
     return int(raw)
 
 
+def dashboard_url(settings: Settings) -> str:
+    """RQ_DASHBOARD_REDIS_URL: REDIS_URL, or through Sentinel the `redis+sentinel://` URL rq-dashboard
+    reads (redis-sentinel-url: sentinels, master name, database; no password, it shows the URL)."""
+    if not settings.redis_sentinels:
+        return settings.redis_url
+    sentinels = ",".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in settings.redis_sentinels)
+    db = node_options(settings.redis_url).get("db", 0)
+    return f"redis+sentinel://{sentinels}/{settings.redis_sentinel_master}/{db}"
+
+
+def follow_the_master(settings: Settings) -> None:
+    """Give rq-dashboard the runner's own Redis client when it goes through Sentinel.
+
+    rq-dashboard makes its connections with redis-sentinel-url's `connect` (rq_dashboard/web.py
+    imports it as `from_url` and calls it per request), which takes a Redis password from the URL
+    but the sentinels' password only from a config file, and knows no TLS. Replacing that one
+    function gives it the client every runner process uses: one pool that follows the master,
+    with REDIS_URL's password, database and TLS and REDIS_SENTINEL_PASSWORD.
+    """
+    import rq_dashboard.web
+
+    client = make_redis(settings.redis_target, max_connections=8)
+
+    def connect(url: str, **options: Any) -> tuple[None, Redis]:
+        return None, client
+
+    rq_dashboard.web.from_url = connect
+
+
 def dashboard_env(environ: dict[str, str]) -> dict[str, str]:
     """rq-dashboard's environment: REDIS_URL passed as its own variable, never on the command line
     (where `ps` shows it); ConfigError naming what to set when the login is missing."""
@@ -56,7 +89,7 @@ def dashboard_env(environ: dict[str, str]) -> dict[str, str]:
             "(the dashboard shows every queued prompt and can cancel and delete jobs)"
         )
     env = dict(environ)
-    env.setdefault(DASHBOARD_REDIS_URL, Settings.from_env(environ).redis_url)
+    env.setdefault(DASHBOARD_REDIS_URL, dashboard_url(Settings.from_env(environ)))
     return env
 
 
@@ -65,6 +98,9 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     port = args.port if args.port is not None else dashboard_port(os.environ.get("DASHBOARD_PORT", ""))
     os.environ.update(dashboard_env(dict(os.environ)))
     disable_job_hooks()  # its pages must never make this host send a job's webhooks (ops.job_hooks)
+    settings = Settings.from_env(os.environ)
+    if settings.redis_sentinels:
+        follow_the_master(settings)
     from rq_dashboard.cli import run  # its click command; `main` would read sys.argv
 
     run.main(args=dashboard_argv(args.bind, port), prog_name="rq-dashboard", auto_envvar_prefix="RQ_DASHBOARD")

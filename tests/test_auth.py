@@ -52,6 +52,9 @@ def test_every_route_but_health_needs_the_token(web: str) -> None:
         url = f"{web}{path}"
         if endpoint in OPEN_ENDPOINTS:  # /health, and /ready (503: no worker serves the model here)
             assert call(method, url).status_code == (200 if endpoint == "runner.health" else 503), path
+            if endpoint == "live_runner.ready":  # why it is not ready is for token holders only
+                assert "details on /fleet" in call(method, url).json()["reason"], path
+                assert "details on /fleet" not in call(method, url, token=TOKEN).json()["reason"], path
             continue
         body = {"json": {"messages": [{"role": "user", "content": "hi"}]}} if method == "POST" else {}
         for token in (None, "wrong", f"{TOKEN}x", METRICS_TOKEN if endpoint != "runner.prometheus_metrics" else None):

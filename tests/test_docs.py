@@ -32,8 +32,23 @@ README_MAX_LINES = 250
 ENV_NAME = re.compile(r"^[A-Z][A-Z0-9_]*[A-Z0-9]$")
 ROW = re.compile(r"^\|\s*`([A-Z][A-Z0-9_]*)`\s*\|\s*(.*?)\s*\|.*\|\s*$")
 LEADING_CODE = re.compile(r"^`([^`]*)`")
-# _Env readers (common/settings.py) whose variable has no default value of its own: unset is None.
-OPTIONAL_READERS = frozenset({"text", "optional_integer", "optional_boolean"})
+# Env readers (common/env.py) whose variable has no default value of its own (unset reads as None,
+# "" or nothing): the readers that take no `default` argument.
+
+
+def _optional_readers() -> frozenset[str]:
+    """Every public Env reader without a `default` parameter."""
+    tree = ast.parse((REPO / "common" / "env.py").read_text())
+    return frozenset(
+        node.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.FunctionDef)
+        and not node.name.startswith("_")
+        and "default" not in {arg.arg for arg in node.args.args + node.args.kwonlyargs}
+    )
+
+
+OPTIONAL_READERS = _optional_readers()
 # Variables a library reads on the runner's behalf: name → (file in site-packages, what it contains).
 LIBRARY_READS = {"WEB_CONCURRENCY": ("gunicorn/config.py", 'os.environ.get("WEB_CONCURRENCY"')}
 

@@ -148,7 +148,7 @@ def test_unicode_and_control_characters_arrive_byte_for_byte(runner: Runner) -> 
 
 
 def test_eight_concurrent_streams_each_get_only_their_own_tokens(runner: Runner) -> None:
-    runner.fake.set_behavior("*", tokens_per_s=100, reply_tokens=20)
+    runner.fake.set_behavior("*", tokens_per_s=10, reply_tokens=20)
     prompts = [f"s{i}-one s{i}-two s{i}-three" for i in range(8)]
     with ThreadPoolExecutor(8) as pool:
         results = list(pool.map(lambda p: stream(f"{runner.url}/llm", body(p, stream=True)), prompts))

@@ -23,11 +23,17 @@ from tests.fake_ollama import FakeOllama
 from tests.golivepeer import read_stream
 from tests.jobcheck import assert_recorded, fetch
 from tests.rawclient import RawRequest
-from tests.redisproxy import RedisProxy
+from tests.redisproxy import Fault, RedisProxy
 from tests.stack import Stack, wait_until
 from tests.test_faults import CANCEL_DEADLINE_S, QUEUE_KEY, body, only_job, record_for, start
 
 pytestmark = pytest.mark.e2e
+
+# Every try of the start within the worker's outage window (common.outage) meets the fault.
+TRIES = 1000
+# The start script (an EVALSHA, or an EVAL once Redis lost its scripts cache), which begins by taking
+# the job off the intermediate list; nothing else the worker sends carries both.
+START = (b"EVAL", b"LREM")
 
 
 def test_a_finished_job_is_recorded_finished_and_expires(stack: Stack, fake_ollama: FakeOllama) -> None:
@@ -160,7 +166,7 @@ def test_a_job_canceled_while_a_worker_takes_it_is_never_started(
     try:
         start(stack, fake_ollama, REDIS_URL=proxy.url)
         announced = proxy.hold(b"|1|s")  # the job's first event (Started), published by the worker
-        recording = proxy.hold(b"LREM")  # the start script (it begins by leaving the intermediate list)
+        recording = proxy.hold(START)
         request = RawRequest(f"{stack.web_url}/llm", body("raced", stream=True))
         assert recording.hit.wait(10) and announced.hit.wait(10), "the worker never took the job"
         job_id = only_job(redis, "queued")
@@ -182,35 +188,37 @@ def test_a_job_canceled_while_a_worker_takes_it_is_never_started(
     assert redis.llen(f"{QUEUE_KEY}:intermediate") == 0
 
 
-def cut_twice(proxy: RedisProxy) -> None:
-    """Neither the start nor the client's retry reaches Redis: the job is still queued."""
-    proxy.cut(b"LREM", times=2)
+def cut(proxy: RedisProxy) -> Fault:
+    """Neither the start nor any retry reaches Redis: the job is still queued."""
+    return proxy.cut(START, times=TRIES)
 
 
-def answers_lost_twice(proxy: RedisProxy) -> None:
-    """The start runs in Redis (twice: the retry finds its own execution), both answers are lost."""
-    proxy.drop_reply(b"LREM", reply=b"*1\r\n", times=2)
+def answers_lost(proxy: RedisProxy) -> Fault:
+    """The start runs in Redis (each retry finds its own execution), every answer is lost."""
+    return proxy.drop_reply(START, reply=b"*1\r\n", times=TRIES)
 
 
-def stalled_twice(proxy: RedisProxy) -> None:
-    """Redis never answers the start, nor its retry: two command timeouts."""
-    proxy.stall(b"LREM", times=2)
+def stalled(proxy: RedisProxy) -> Fault:
+    """Redis never answers the start, nor its retries: command timeouts."""
+    return proxy.stall(START, times=TRIES)
 
 
-@pytest.mark.parametrize("fault", [cut_twice, answers_lost_twice, stalled_twice], ids=lambda f: f.__name__)
+@pytest.mark.parametrize("fault", [cut, answers_lost, stalled], ids=lambda f: f.__name__)
 def test_a_start_that_cannot_be_recorded_stops_the_job_and_says_why(
     stack: Stack, fake_ollama: FakeOllama, redis: Redis, redis_server: RedisServer,
-    fault: Callable[[RedisProxy], None],
+    fault: Callable[[RedisProxy], Fault],
 ) -> None:  # fmt: skip
-    """The worker began the engine call when it took the job; its start bookkeeping then fails
-    outright. The generation is stopped, the client is told why at once, the job ends once
-    (failed, saying why) and leaves RQ's intermediate list, and the worker goes on serving."""
+    """The worker began the engine call when it took the job; its start bookkeeping then cannot be
+    recorded for the whole outage window. The generation is stopped, the client is told why at
+    once, the job ends once (failed, saying why) and leaves RQ's intermediate list, and the worker
+    goes on serving."""
     fake_ollama.set_behavior("*", tokens_per_s=20, reply_tokens=1000)
     proxy = RedisProxy(redis_server.port)
     try:
         start(stack, fake_ollama, REDIS_URL=proxy.url)
-        fault(proxy)
-        answer = call("POST", f"{stack.web_url}/llm", json=body("unrecorded"), timeout=30)
+        planted = fault(proxy)
+        answer = call("POST", f"{stack.web_url}/llm", json=body("unrecorded"), timeout=40)
+        planted.end()
         assert answer.status_code == 500, answer.text
         assert "could not record its start" in answer.json()["detail"]["msg"]
         assert fake_ollama.wait_for(lambda f: record_for(f, "unrecorded").outcome == "cancelled", 2)  # type: ignore[union-attr]

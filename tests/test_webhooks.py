@@ -10,7 +10,8 @@ accepts requests and never answers, as a hostile one would: a request would also
 
 RQ's registry cleanup also runs where jobs are only looked at, with RQ's plain Job: `rq info`
 (and rq-dashboard before 0.9). Those of the runner's processes turn RQ's job hooks off
-(ops.job_hooks): the dashboard always, `rq info` through its settings module. There the sink
+(ops.job_hooks): the dashboard always, `rq info` through the runner's settings module for it
+(`-c ops.rq_settings`). There the sink
 answers, after it recorded the request: a request sent is recorded before its sender goes on.
 """
 
@@ -241,13 +242,13 @@ def test_rq_info_sends_a_planted_jobs_webhook_unless_its_settings_turn_them_off(
 ) -> None:
     """`rq info` cleans every queue's registries first (rq/cli/cli.py info): alone, RQ sends the
     abandoned job's webhook and calls its callback (why the switch exists); given the settings
-    module that turns RQ's job hooks off (`-c`, and no `-u`: RQ's CLI would not import it), the
-    job is failed just the same, and nothing is sent nor called."""
+    module, ops.rq_settings (`-c`, and no `-u`: RQ's CLI would not import it), the job is failed
+    just the same, and nothing is sent nor called."""
     sink = AnsweringSink()
     try:
         job = plant_abandoned(redis, sink.url, tmp_path)
         env = stack.env(CANARY_IMPORTED=tmp_path / "imported")
-        where = ["-c", "tests.rq_info_settings"] if settings else ["-u", stack.redis_url]
+        where = ["-c", "ops.rq_settings"] if settings else ["-u", stack.redis_url]
         argv = [shutil.which("rq") or "rq", "info", *where, "-S", "json", HOOKED]
         done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60, cwd=REPO)
         assert done.returncode == 0, done.stderr

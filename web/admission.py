@@ -14,26 +14,18 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from rq import Queue
-from rq.registry import StartedJobRegistry
-from rq.utils import now
 
-from common import keys
 from common.errors import CapacityError, RunnerError
 from common.fleet import READY, WorkerRecord, capacity, why_unserved
-from common.jobs import FAILURE_TTL_S, QUEUED_TTL_MARGIN_S, RESULT_TTL_S, GenerateJob
+from common.jobs import GenerateJob
+from web.placement import NO_LIMIT
+from web.runtime import ADMISSION_SLOTS, Runtime
 
-if TYPE_CHECKING:
-    from web.runtime import Runtime
+__all__ = ["ADMISSION_SLOTS", "NO_LIMIT", "Room", "gate", "max_queue", "place", "room"]
 
 logger = logging.getLogger(__name__)
-
-# Requests placing their job at once. A burst of hundreds all in flight together would finish
-# together, late (each yields at its Redis round trip to all the others); a few at a time, the
-# first jobs reach the workers while the rest are still being placed.
-ADMISSION_SLOTS = 8
 
 # The default MAX_QUEUE: twice the model's slots, at least this many.
 MIN_DEFAULT_QUEUE = 4
@@ -41,26 +33,6 @@ MIN_DEFAULT_QUEUE = 4
 # round trip to Redis; waiting longer means Redis is stuck, and a request must not hold its body
 # (up to MAX_BODY_BYTES) for ever.
 ADMISSION_WAIT_S = 5.0
-NO_LIMIT = -1
-
-# One round trip, atomic: count the model's jobs waiting (its RQ queue) and running (live
-# executions in RQ's StartedJobRegistry, scored by their expiry), and only if they leave room
-# write the job as RQ's Job.save + cleanup(ttl) + Queue.push_job_id would. A refused job leaves
-# nothing in Redis. KEYS: queue, started registry, job hash, RQ's set of queues.
-# ARGV: room (-1: no limit), job ttl, job id, then the job hash's fields and values.
-PLACE_SCRIPT = """
-local waiting = redis.call('LLEN', KEYS[1])
-local running = redis.call('ZCOUNT', KEYS[2], redis.call('TIME')[1], '+inf')
-local room = tonumber(ARGV[1])
-if room >= 0 and waiting + running >= room then
-  return {0, waiting, running}
-end
-redis.call('HSET', KEYS[3], unpack(ARGV, 4))
-redis.call('EXPIRE', KEYS[3], ARGV[2])
-redis.call('SADD', KEYS[4], KEYS[1])
-redis.call('RPUSH', KEYS[1], ARGV[3])
-return {1, waiting, running}
-"""
 
 
 @dataclass(frozen=True)
@@ -124,29 +96,13 @@ def place(rt: Runtime, queue: Queue, job_id: str, job: GenerateJob, space: Room)
     """Write the RQ job and queue it if there is room; returns how many jobs were waiting before it.
 
     Raises CapacityError (nothing written) when the model's queued and running jobs fill the room.
+    Safe to run twice (web.placement): a job already placed stays placed, once.
     """
-    ttl = int(rt.settings.queue_timeout_s) + QUEUED_TTL_MARGIN_S
-    rq_job = queue.create_job(
-        keys.GENERATE_JOB,
-        args=(job.to_payload(),),
-        job_id=job_id,
-        description=job.describe(),
-        timeout=-1,
-        result_ttl=RESULT_TTL_S,
-        failure_ttl=FAILURE_TTL_S,
-        ttl=ttl,
-    )
-    rq_job.enqueued_at = now()
-    fields = [item for pair in rq_job.to_dict().items() for item in pair]
-    started = StartedJobRegistry(queue.name, connection=rt.redis).key
-    placed, waiting, running = rt.place_script(
-        keys=[queue.key, started, rq_job.key, Queue.redis_queues_keys],
-        args=[space.limit, ttl, job_id, *fields],
-    )
-    if not placed:
+    found = rt.placer.place(queue, job_id, job, space.limit, rt.settings.queue_timeout_s)
+    if not found.placed:
         raise CapacityError(
-            f"{job.model_id!r} has {running} job(s) running and {waiting} waiting for its {space.slots} slot(s); "
-            f"MAX_QUEUE is {space.max_queue}",
+            f"{job.model_id!r} has {found.running} job(s) running and {found.waiting} waiting for its "
+            f"{space.slots} slot(s); MAX_QUEUE is {space.max_queue}",
             reason="queue_full",
         )
-    return int(waiting)
+    return found.waiting

@@ -36,7 +36,7 @@ def build_app(settings: Settings | None = None) -> Flask:
     app.url_map.strict_slashes = False
     app.url_map.merge_slashes = False
     app.url_map.redirect_defaults = False
-    app.extensions[EXTENSION] = Runtime(settings, make_redis(settings.redis_url, max_connections=REDIS_CONNECTIONS))
+    app.extensions[EXTENSION] = Runtime(settings, make_redis(settings.redis_target, max_connections=REDIS_CONNECTIONS))
     app.register_blueprint(bp)
     live_routes.install(app)
     LiveRunners.attach(app)  # started by gunicorn's post_worker_init when LIVE_RUNNER_ORCH_URL is set

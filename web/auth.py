@@ -36,6 +36,11 @@ def _matches(token: str | None, expected: str | None) -> bool:
     return token is not None and expected is not None and hmac.compare_digest(token.encode(), expected.encode())
 
 
+def may_see_details(settings: Settings, header: str | None) -> bool:
+    """Whether the caller of an open endpoint may be told what /fleet tells (no AUTH_TOKEN, or it)."""
+    return settings.auth_token is None or _matches(bearer_token(header), settings.auth_token)
+
+
 def accepted_tokens(settings: Settings, endpoint: str | None) -> list[str] | None:
     """The tokens that open this endpoint; None when it is open to anyone."""
     if endpoint in OPEN_ENDPOINTS:

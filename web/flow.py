@@ -73,6 +73,7 @@ def serve(rt: Runtime, req: LLMRequest, render: AnswerFactory, gone: GoneRespons
     metrics.IN_FLIGHT.labels(req.model.model_id).inc()
     try:
         first = relay.next_event()
+        g.job_id = relay.job_id  # placed again under a new id if Redis lost it while queued
         if isinstance(first, Failed):
             raise failure(first)
         answer = render(req)

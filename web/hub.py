@@ -68,9 +68,16 @@ class EventHub:
                 start_supervised("event-hub-ticker", self._tick)
         return self._subscribed.wait(timeout)
 
-    def register(self, job_id: str) -> queue.SimpleQueue[bytes]:
-        """An inbox that receives every event about `job_id` until `unregister`, and a TICK every TICK_S."""
-        inbox: queue.SimpleQueue[bytes] = queue.SimpleQueue()
+    @property
+    def subscribed(self) -> bool:
+        """Whether workers' events reach this process now (its subscription is up)."""
+        return self._subscribed.is_set()
+
+    def register(self, job_id: str, inbox: queue.SimpleQueue[bytes] | None = None) -> queue.SimpleQueue[bytes]:
+        """An inbox (a new one, or `inbox`) that receives every event about `job_id` until
+        `unregister`, and a TICK every TICK_S."""
+        if inbox is None:
+            inbox = queue.SimpleQueue()
         self._inboxes[job_id.encode()] = inbox
         return inbox
 

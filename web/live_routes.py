@@ -18,6 +18,7 @@ import logging
 from flask import Blueprint, Flask, Response, g, jsonify, request
 
 from common.live_runner import READY_PATH, unready_reason
+from web import auth
 from web.routes import UnknownPrefix
 from web.runtime import Runtime, runtime
 
@@ -46,12 +47,16 @@ def readiness(rt: Runtime, model_id: str | None, *, fresh: bool = True) -> tuple
 @bp.get(f"/<path:model_id>{READY_PATH}")
 @bp.get(f"/<path:model_id>{READY_PATH}/")
 def ready(model_id: str | None = None) -> Response:
-    """200 while the model is served, 503 (with the reason) while not; 404 for a model not configured."""
+    """200 while the model is served, 503 while not (why: to AUTH_TOKEN holders); 404 for an unknown model."""
     rt = runtime()
     if model_id is not None and rt.settings.model(model_id) is None:
         served = ", ".join(m.model_id for m in rt.settings.models)
         raise UnknownPrefix(f"no model {model_id[:200]!r} here; this runner serves: {served}")
     ok, reason = readiness(rt, model_id)
+    # Open to anyone (go-livepeer polls it without a token): the reason (engine URLs, hosts, VRAM
+    # figures, as /fleet tells them) only for a caller that holds AUTH_TOKEN.
+    if not auth.may_see_details(rt.settings, request.headers.get("Authorization")):
+        reason = "no ready worker serves this model here now (details on /fleet)"
     response = jsonify({"status": "ready"} if ok else {"status": "unavailable", "reason": reason})
     response.status_code = 200 if ok else 503
     response.headers["Cache-Control"] = "no-store"

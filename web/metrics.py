@@ -19,8 +19,8 @@ from redis.exceptions import RedisError
 
 from common.fleet import capacity, read_fleet, worker_deaths
 from common.guard import LISTENERS
-from web.relay import JobTrace
 from web.runtime import Runtime
+from web.trace import JobTrace
 
 _LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 _DURATION = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)

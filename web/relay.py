@@ -1,4 +1,11 @@
-"""Following one job from enqueue to its last event, and cancelling it when its client leaves."""
+"""Following one request's job from its placement to its last event, and ending it when it must.
+
+The parts each have a module: admission and placement (web.admission, web.placement), putting
+the events in order (web.sequencer, pure), the deadlines (web.deadlines, pure), and what the web
+writes when it ends a job itself (web.records). A JobRelay ties them to the request: it waits on
+the inbox the event hub fills, feeds the sequencer, reads the backlog when it asks, and on every
+tick checks the client and the deadlines, whatever else is going on.
+"""
 
 from __future__ import annotations
 
@@ -7,25 +14,25 @@ import queue
 import time
 import uuid
 from collections import deque
-from dataclasses import dataclass, field
+from functools import partial
 
-from redis.client import Pipeline
 from redis.exceptions import RedisError
-from rq.exceptions import NoSuchJobError
-from rq.job import Job, JobStatus
-from rq.job_lifecycle import record_job_failure
-from rq.registry import StartedJobRegistry
-from rq.serializers import JSONSerializer
+from rq.job import Job
 
 from common import keys
-from common.errors import QueueUnavailable, RunnerError, no_room
-from common.events import Done, Failed, Ping, Started, Tokens, ToolCalls, decode, sequence_of
-from common.job_state import transition
-from web import admission
+from common.errors import QueueUnavailable, RunnerError
+from common.events import Done, Failed, Ping, Started, Tokens, ToolCalls, decode
+from common.jobs import GenerateJob
+from common.outage import through_outage
+from web import admission, deadlines, records
 from web.client import ClientWatch
 from web.hub import RESYNC, TICK
 from web.runtime import Runtime
+from web.sequencer import Sequencer, backlog_entries
+from web.trace import JobTrace
 from web.validation import LLMRequest
+
+__all__ = ["Answer", "ClientGone", "JobRelay", "JobTrace"]
 
 logger = logging.getLogger(__name__)
 
@@ -34,26 +41,6 @@ Answer = Tokens | ToolCalls | Done | Failed
 
 class ClientGone(Exception):
     """The HTTP client closed its connection; nobody is left to answer."""
-
-
-@dataclass
-class JobTrace:
-    """Timings and counts of one job as the web saw them, for the log line and the metrics."""
-
-    job_id: str
-    model_id: str
-    stream: bool
-    submitted_at: float = field(default_factory=time.monotonic)
-    started_at: float | None = None
-    first_token_at: float | None = None
-    ended_at: float | None = None
-    worker: str = ""
-    gpu: str = ""
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    eval_ms: float = 0.0
-    outcome: str = "pending"
-    reason: str = ""
 
 
 class JobRelay:
@@ -65,15 +52,16 @@ class JobRelay:
         self.watch = watch
         self.job_id = uuid.uuid4().hex
         self.trace = JobTrace(self.job_id, request.model.model_id, request.stream)
-        self._inbox: queue.SimpleQueue[bytes] | None = None
-        self._finished = False
         self.recorded = False  # set once its metrics and log line are written
         self.placed = False  # set once its job is in Redis
-        self._queue_deadline = 0.0
-        self._last_heard = 0.0
-        self._last_seq = 0  # the job's events are numbered 1, 2, ...; the last one taken
-        self._replay_due = False  # a replay from the backlog failed (Redis away): retry on ticks
+        self._inbox: queue.SimpleQueue[bytes] | None = None
+        self._events = Sequencer(self.job_id, time.monotonic())
+        self._placed_at = 0.0
+        self._started = False  # the job followed now was taken by a worker (Started)
+        self._finished = False
         self._ready: deque[Answer] = deque()
+        self._job: GenerateJob | None = None  # what was placed, to place it again if Redis lost it
+        self._deaf = deadlines.Deafness()  # while this process hears no worker, silence is not theirs
 
     def submit(self) -> None:
         """Check for room and enqueue; raises CapacityError, RunnerError or QueueUnavailable at once.
@@ -84,13 +72,21 @@ class JobRelay:
             self._submit()
 
     def _submit(self) -> None:
-        rt, model_id = self.rt, self.request.model.model_id
-        rt.hub.ensure_running()
+        rt, request = self.rt, self.request
+        model_id = request.model.model_id
+        # Through Sentinel, Redis is back on a new master within seconds: wait for it (bounded)
+        # rather than answer 500, which costs the orchestrator its place in the gateway's pool.
+        wait_s = rt.failover_wait_s
+        rt.hub.ensure_running(max(2.0, wait_s))
+        what = f"job {self.job_id}: placing it"
         try:
-            space = admission.room(rt, model_id, stream=self.request.waits_for_room)
+            room = partial(admission.room, rt, model_id, stream=request.waits_for_room)
+            space = through_outage(room, what, within_s=wait_s)
             self._inbox = rt.hub.register(self.job_id)
-            job = self.request.job(rt.hub.channel)
-            admission.place(rt, rt.queue(model_id), self.job_id, job, space)
+            job = request.job(rt.hub.channel)
+            place = partial(admission.place, rt, rt.queue(model_id), self.job_id, job, space)
+            through_outage(place, what, within_s=wait_s)
+            self._job = job
         except (RedisError, OSError) as exc:
             self._release()
             raise QueueUnavailable(f"the runner's queue (Redis) is unavailable: {exc}") from None
@@ -98,9 +94,20 @@ class JobRelay:
             self._release()
             self.trace.outcome, self.trace.reason = "rejected", exc.reason
             raise
-        now = time.monotonic()
-        self._queue_deadline = now + rt.settings.queue_timeout_s
-        self._last_heard = now
+        self.placed = True
+        self._placed_at = time.monotonic()
+        self._events = Sequencer(self.job_id, self._placed_at)
+
+    def follow(self, job_id: str) -> None:
+        """From now on follow `job_id` instead (a job placed for this request to carry it on):
+        its events only, from its first; its own queue deadline. The previous job is left as is."""
+        if self._inbox is not None:
+            self.rt.hub.unregister(self.job_id)
+            self.rt.hub.register(job_id, self._inbox)  # the same inbox: its ticks go on
+        self.job_id = job_id
+        self._placed_at = time.monotonic()
+        self._events = Sequencer(job_id, self._placed_at)
+        self._started = self._finished = False
 
     def next_event(self) -> Answer:
         """Block until the next Tokens, ToolCalls, Done or Failed; raises ClientGone if the client left.
@@ -117,27 +124,25 @@ class JobRelay:
             if raw is not TICK:
                 self._take(raw, now)
                 continue
-            if self._replay_due:
-                self._replay(now)
-                continue
+            if self._events.replay_wanted(now) and not self._finished:
+                self._replay(now)  # a read that fails again falls through to the checks
+                if ready:
+                    continue
             failure = self._check(now)
             if failure is not None:
                 return failure
 
     def pending(self) -> list[Answer]:
         """Events that have already arrived, without waiting (to write several in one go)."""
-        if self._inbox is None or self._finished:
-            events = list(self._ready)
-            self._ready.clear()
-            return events
-        now = time.monotonic()
-        while True:
-            try:
-                raw = self._inbox.get_nowait()
-            except queue.Empty:
-                break
-            if raw is not TICK:
-                self._take(raw, now)
+        if self._inbox is not None and not self._finished:
+            now = time.monotonic()
+            while True:
+                try:
+                    raw = self._inbox.get_nowait()
+                except queue.Empty:
+                    break
+                if raw is not TICK:
+                    self._take(raw, now)
         events = list(self._ready)
         self._ready.clear()
         return events
@@ -161,107 +166,115 @@ class JobRelay:
         if self._finished:
             return
         if raw is RESYNC:
-            self._replay(now)
-            return
-        seq = sequence_of(raw)
-        if seq is not None:
-            if seq <= self._last_seq:
-                return  # already taken (live copy of a replayed event)
-            if seq > self._last_seq + 1:
-                self._replay(now, upto=seq)  # the backlog holds the missed ones, this one included
+            self._deaf.resynced(now)
+            self._events.resync(now)
+            if not self._started and self._lost():
                 return
-            self._last_seq = seq
-        self._last_heard = now
-        event = self._accept(raw, now)
-        if event is not None:
-            self._ready.append(event)
+        else:
+            for event in self._events.message(raw, now):
+                self._accept(event, now)
+        if self._events.replay_wanted(now) and not self._finished:
+            self._replay(now)
 
-    def _replay(self, now: float, upto: int = 0) -> None:
-        """Take every event of the backlog after the last one taken; a hole before `upto` ends the job."""
+    def _replay(self, now: float) -> None:
+        """Read the job's backlog from the first event missing; a hole nobody can fill ends the job."""
+        events = self._events
         try:
-            entries: list[tuple[bytes, dict[bytes, bytes]]] = self.rt.redis.xrange(  # type: ignore[assignment]
-                keys.job_backlog(self.job_id), min=f"{self._last_seq + 1}-0"
-            )
+            entries = self.rt.redis.xrange(keys.job_backlog(self.job_id), min=f"{events.replay_from}-0")
         except (RedisError, OSError) as exc:
-            if not self._replay_due:
+            if events.replay_failed(now):
                 logger.warning("job %s: cannot replay its events yet: %s", self.job_id, exc)
-            self._replay_due = True
             return
-        self._replay_due = False
-        missing = upto
-        for entry_id, fields in entries:
+        replayed = events.replayed(backlog_entries(entries), now)  # type: ignore[arg-type]
+        for raw in replayed.events:
             if self._finished:
                 return
-            seq = int(entry_id.partition(b"-")[0])
-            if seq != self._last_seq + 1:
-                missing = seq
-                break
-            self._last_seq = seq
-            self._last_heard = now
-            event = self._accept(fields[b"m"], now)
-            if event is not None:
-                self._ready.append(event)
-        if self._finished or missing <= self._last_seq:
-            return
-        msg = f"events {self._last_seq + 1} to {missing - 1} of this job were lost; retry"
-        self._cancel("events lost")
-        self._ready.append(self._finish_failed(msg, "events_lost"))
+            self._accept(raw, now)
+        if replayed.hole is not None and not self._finished:
+            hole = replayed.hole
+            msg = f"events {hole.first} to {hole.last} of this job were lost; retry"
+            self._cancel("events lost")
+            self._ready.append(self._finish_failed(msg, deadlines.EVENTS_LOST))
 
-    def _accept(self, raw: bytes, now: float) -> Answer | None:
+    def _lost(self) -> bool:
+        """After the subscription came back: if Redis lost this unstarted job (a failover to a
+        replica that never received it: its hash is gone), place it again under a new id and
+        follow that; True then. The old id is cancelled, so a worker that took it from the old
+        master stops."""
+        rt, job = self.rt, self._job
+        try:
+            if job is None or rt.redis.exists(Job.key_for(self.job_id)):
+                return False
+        except (RedisError, OSError):
+            return False  # cannot tell now: the next resync asks again
+        lost, again = self.job_id, uuid.uuid4().hex
+        self.follow(again)
+        self.trace.job_id = again
+        try:
+            records.broadcast_cancel(rt.redis, lost)
+            admission.place(rt, rt.queue(job.model_id), again, job, admission.Room(admission.NO_LIMIT, 0, 0))
+        except (RedisError, OSError) as exc:
+            msg = f"the job was lost in a Redis failover before a replica had it, and could not be placed again: {exc}"
+            self._ready.append(self._finish_failed(msg, "lost_in_failover"))
+            return True
+        logger.warning("job %s: lost by Redis (a failover before a replica had it); placed again as %s", lost, again)
+        return True
+
+    def _accept(self, raw: bytes, now: float) -> None:
         try:
             _, event = decode(raw)
         except (ValueError, TypeError) as exc:
             logger.error("job %s: undecodable event %r: %s", self.job_id, raw[:120], exc)
-            return None
+            return
+        trace = self.trace
         if isinstance(event, Ping):
-            return None
+            return
         if isinstance(event, Started):
-            self.trace.started_at = now
-            self.trace.worker, self.trace.gpu = event.worker, event.gpu
-            return None
+            self._started = True
+            if trace.started_at is None:
+                trace.started_at = now
+            trace.worker, trace.gpu = event.worker, event.gpu
+            return
         if isinstance(event, Tokens):
-            if self.trace.first_token_at is None:
-                self.trace.first_token_at = now
-            self.trace.completion_tokens += event.count
-            return event
-        if isinstance(event, ToolCalls):
-            if self.trace.first_token_at is None:
-                self.trace.first_token_at = now
-            return event
-        self._finished = True
-        if isinstance(event, Done):
-            self.trace.outcome, self.trace.reason = "ok", event.finish_reason
-            self.trace.prompt_tokens, self.trace.completion_tokens = event.prompt_tokens, event.completion_tokens
-            self.trace.eval_ms = event.eval_ms
+            if trace.first_token_at is None:
+                trace.first_token_at = now
+            trace.completion_tokens += event.count
+        elif isinstance(event, ToolCalls):
+            if trace.first_token_at is None:
+                trace.first_token_at = now
         else:
-            self.trace.outcome, self.trace.reason = "failed", event.reason
-        return event
+            self._finished = True
+            if isinstance(event, Done):
+                trace.outcome, trace.reason = "ok", event.finish_reason
+                trace.prompt_tokens, trace.completion_tokens = event.prompt_tokens, event.completion_tokens
+                trace.eval_ms = event.eval_ms
+            else:
+                trace.outcome, trace.reason = "failed", event.reason
+        self._ready.append(event)
 
     def _check(self, now: float) -> Failed | None:
+        """The client first (it may have left), then the deadlines; what a passed one answers."""
         if self.watch.gone():
             self.close()
             raise ClientGone
-        rt = self.rt
-        if rt.draining_since is not None and now - rt.draining_since >= rt.settings.shutdown_grace_s:
-            return self._give_up(no_room("the runner is shutting down; retry on another orchestrator"), "shutdown")
-        if self.trace.started_at is None:
-            if now >= self._queue_deadline:
-                return self._give_up(
-                    no_room(
-                        f"no slot for {self.request.model.model_id!r} became free within "
-                        f"{rt.settings.queue_timeout_s:g} s (QUEUE_TIMEOUT_S)"
-                    ),
-                    "queue_timeout",
-                )
-        elif now - self._last_heard >= rt.settings.worker_silence_s:
-            msg = f"worker {self.trace.worker} stopped responding (silent for {now - self._last_heard:.1f} s)"
-            self._fail_abandoned(msg)
-            return self._finish_failed(msg, "worker_lost")
-        return None
-
-    def _give_up(self, msg: str, reason: str) -> Failed:
-        self._cancel(reason)
-        return self._finish_failed(msg, reason)
+        rt, events = self.rt, self._events
+        progress = deadlines.Progress(
+            self.request.model.model_id,
+            self._placed_at,
+            started=self._started,
+            last_heard=max(events.last_heard, self._deaf.until(rt.hub.subscribed, now)),
+            worker=self.trace.worker,
+            replay_due=events.replay_due,
+        )
+        due = deadlines.overdue(rt.settings, progress, now, rt.draining_since)
+        if due is None:
+            return None
+        if due.reason == deadlines.WORKER_LOST:
+            self._finished = True
+            records.fail_abandoned(rt.redis, rt.settings, self._queue_key(), self.job_id, due.msg)
+        else:
+            self._cancel(due.reason)
+        return self._finish_failed(due.msg, due.reason)
 
     def _finish_failed(self, msg: str, reason: str) -> Failed:
         self._finished = True
@@ -270,56 +283,11 @@ class JobRelay:
         return Failed(msg, 500, reason)
 
     def _cancel(self, why: str) -> None:
-        """Take the job off its queue if no worker has taken it yet; else tell the workers to drop it.
-
-        Only a job a worker may hold is broadcast on the cancel channel, which every worker reads.
-        """
+        """Take the job off its queue if no worker has taken it yet; else tell the workers to drop it."""
         self._finished = True
-        redis = self.rt.redis
-        try:
-            if not (self.trace.started_at is None and self._unqueue()):
-                redis.publish(keys.cancel_channel(), self.job_id)
-            logger.info("job %s: cancelled (%s)", self.job_id, why)
-        except (RedisError, OSError, NoSuchJobError) as exc:
-            logger.warning("job %s: cancel (%s) incomplete: %s", self.job_id, why, exc)
+        rt = self.rt
+        records.cancel(rt.redis, rt.settings, self._queue_key(), self.job_id, taken=self._started, why=why)
 
-    def _unqueue(self) -> bool:
-        """Take the job off its queue and record it canceled, atomically, if it is still
-        queued; False when a worker has taken it (or it is gone)."""
-        redis = self.rt.redis
-        job = Job.fetch(self.job_id, connection=redis, serializer=JSONSerializer)
-        queue_key = self.rt.queue(self.request.model.model_id).key
-
-        def write(pipe: Pipeline) -> None:
-            pipe.lrem(queue_key, 1, self.job_id)
-            job.cancel(pipeline=pipe)  # RQ's own record: canceled, in the CanceledJobRegistry
-
-        # Only while still queued, atomically: a worker that took the id meanwhile (it sits in RQ's
-        # intermediate queue) sees the job canceled when it records the start, and stops it.
-        return transition(redis, job.key, {JobStatus.QUEUED}, write) is None
-
-    def _fail_abandoned(self, msg: str) -> None:
-        """Record a job whose worker vanished as failed, as RQ's own cleanup would, but now."""
-        redis = self.rt.redis
-        try:
-            redis.publish(keys.cancel_channel(), self.job_id)
-            job = Job.fetch(self.job_id, connection=redis, serializer=JSONSerializer)
-            registry = StartedJobRegistry(job.origin, connection=redis)
-            entries = [
-                f"{job_id}:{execution_id}"
-                for job_id, execution_id in registry.get_job_and_execution_ids(cleanup=False)
-                if job_id == self.job_id
-            ]
-
-            def write(pipe: Pipeline) -> None:
-                record_job_failure(job, msg, pipe)
-                if entries:
-                    pipe.zrem(registry.key, *entries)
-
-            # Only while not ended: a worker that recorded its end first (it was not lost) wins. It
-            # may still read queued: the worker sends to Ollama before it records the start.
-            ended = transition(redis, job.key, {JobStatus.STARTED, JobStatus.QUEUED}, write)
-            if ended is not None:
-                logger.info("job %s: already %s; not recorded failed", self.job_id, ended)
-        except (RedisError, OSError, NoSuchJobError) as exc:
-            logger.warning("job %s: could not mark it failed: %s", self.job_id, exc)
+    def _queue_key(self) -> str:
+        key: str = self.rt.queue(self.request.model.model_id).key
+        return key

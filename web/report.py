@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from web.relay import JobTrace
+from web.trace import JobTrace
 
 logger = logging.getLogger(__name__)
 

@@ -14,13 +14,19 @@ from rq import Queue
 from rq.serializers import JSONSerializer
 
 from common import keys
+from common.acks import Acks
 from common.fleet import WorkerRecord, read_fleet
+from common.outage import OUTAGE_S
 from common.settings import Settings
-from web.admission import ADMISSION_SLOTS, PLACE_SCRIPT
 from web.hub import EventHub
+from web.placement import Placer
 
 EXTENSION = "llm_runner"
 FLEET_CACHE_S = 1.0
+# Requests placing their job at once (web.admission.gate). A burst of hundreds all in flight
+# together would finish together, late (each yields at its Redis round trip to all the others); a
+# few at a time, the first jobs reach the workers while the rest are still being placed.
+ADMISSION_SLOTS = 8
 
 
 class FleetCache:
@@ -77,7 +83,11 @@ class Runtime:
         self.fleet = FleetCache(redis)
         self.draining_since: float | None = None
         self.admission = threading.BoundedSemaphore(ADMISSION_SLOTS)
-        self.place_script = redis.register_script(PLACE_SCRIPT)
+        # Placements wait for a replica (REDIS_WAIT_REPLICAS), so a failover cannot lose them.
+        self.acks = Acks(settings.wait_replicas, settings.redis_wait_ms)
+        self.placer = Placer(redis, self.acks)
+        # How long a new request waits for Redis to come back: through Sentinel, a failover's length.
+        self.failover_wait_s = OUTAGE_S if settings.redis_sentinels else 0.0
         self._queues: dict[str, Queue] = {}
 
     def queue(self, model_id: str) -> Queue:

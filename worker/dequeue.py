@@ -25,6 +25,7 @@ from rq.job import Job
 from rq.suspension import WORKERS_SUSPENDED
 
 from common import keys
+from common.acks import Acks
 
 # How long a take's record outlives it (a retry comes within a second; the start deletes it).
 TOKEN_TTL_S = 60
@@ -94,10 +95,13 @@ def _text(value: bytes | str) -> str:
 class Dequeuer:
     """Moves up to `count` job ids from the first non-empty queue into its intermediate list."""
 
-    def __init__(self, redis: Redis, worker_name: str) -> None:
+    def __init__(self, redis: Redis, worker_name: str, acks: Acks | None = None) -> None:
         self.redis = redis
         self.worker_name = worker_name
         self._take = redis.register_script(_TAKE)
+        # A take waits for a replica (REDIS_WAIT_REPLICAS) before its jobs run: a failover then
+        # cannot bring them back queued on the new master for a second worker to run.
+        self._acks = acks or Acks(0, 0)
 
     def take(self, queue_keys: list[str], count: int, wait_s: float) -> Taken:
         """Take what waits now; if nothing, wait up to `wait_s` for the first queue and look again."""
@@ -115,9 +119,10 @@ class Dequeuer:
 
     def _take_now(self, queue_keys: list[str], count: int) -> Taken:
         token_key = keys.take_token(self.worker_name, uuid.uuid4().hex)
-        reply = self._take(
-            keys=[WORKERS_SUSPENDED, token_key, *queue_keys],
-            args=[count, Job.redis_job_namespace_prefix, TOKEN_TTL_S],
+        reply = self._acks.script(
+            self._take,
+            [WORKERS_SUSPENDED, token_key, *queue_keys],
+            [count, Job.redis_job_namespace_prefix, TOKEN_TTL_S],
         )
         now = (int(reply[0]), int(reply[1]))
         if len(reply) == 2:

@@ -11,6 +11,7 @@ import threading
 from types import FrameType
 
 from common import fleet, heap, keys
+from common.acks import Acks
 from common.errors import ConfigError
 from common.fleet import READY, STOPPING, WorkerRecord
 from common.logs import configure_logging
@@ -61,7 +62,7 @@ def run(settings: Settings) -> None:
     signal.signal(signal.SIGINT, on_signal)
 
     # Connections: one per slot (job bookkeeping), plus the loop, publisher, heartbeat, commands.
-    redis = make_redis(settings.redis_url, max_connections=settings.slots + 8, command_timeout_s=COMMAND_TIMEOUT_S)
+    redis = make_redis(settings.redis_target, max_connections=settings.slots + 8, command_timeout_s=COMMAND_TIMEOUT_S)
     gpu = GpuMonitor(settings.gpu_index)
     info = gpu.read()
     budget = vram_budget(settings, info.memory_total if info else None)
@@ -91,7 +92,7 @@ def run(settings: Settings) -> None:
         engine_note=backend.note(),
     )
     active = ActiveJobs()
-    publisher = Publisher(settings.redis_url, streams.loop)
+    publisher = Publisher(settings.redis_target, streams.loop)
     context.install(
         context.WorkerContext(settings, redis, name, label, active, publisher, streams, backend, models=record.models)
     )
@@ -121,6 +122,7 @@ def run(settings: Settings) -> None:
             max_age_s=settings.queue_timeout_s,
             on_taken=jobs.begin_all,
             prompts=PromptRetention(redis, settings.prompt_retention_s, settings.drop_prompts_at_start),
+            acks=Acks(settings.wait_replicas, settings.redis_wait_ms),
         )
         if not isinstance(backend, OllamaBackend):
             # An OpenAI-compatible engine holds its own models: listen on every served queue.

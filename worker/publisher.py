@@ -27,6 +27,7 @@ from common import keys
 from common.errors import QueueUnavailable
 from common.events import job_key, join_batch, sequenced
 from common.guard import count_restart
+from common.redis_target import RedisTarget
 from worker.readers import Readers
 from worker.redis_link import RedisLink
 
@@ -47,9 +48,9 @@ _RESTART_PAUSE_S = 0.5
 class Publisher:
     """Numbers, batches and publishes job events from a task on `loop`, supervised."""
 
-    def __init__(self, redis_url: str, loop: asyncio.AbstractEventLoop, *, retry_s: float = RETRY_S) -> None:
+    def __init__(self, redis: str | RedisTarget, loop: asyncio.AbstractEventLoop, *, retry_s: float = RETRY_S) -> None:
         self._loop = loop
-        self._url = redis_url
+        self._target = redis
         self._retry_s = retry_s
         self._pending: dict[str, list[bytes]] = {}  # channel → messages
         self._backlog: dict[str, list[tuple[int, bytes]]] = {}  # job id → (seq, message)
@@ -117,7 +118,7 @@ class Publisher:
     async def _supervise(self) -> None:
         """Run the sending loop for the life of the loop; restart it, counted and logged, if it dies."""
         while True:
-            link = RedisLink(self._url)
+            link = RedisLink(self._target)
             try:
                 await self._run(link)
             except Exception:  # not CancelledError: the loop is stopping with the process

@@ -25,7 +25,7 @@ from rq.results import Result
 from rq.utils import now, utcformat
 
 from common.errors import RunnerError
-from common.job_state import transition
+from common.job_state import MISSING, transition
 from common.jobs import RESULT_TTL_S
 
 
@@ -68,7 +68,12 @@ def log_failure(job: Job, exc_type: type[BaseException], exc: BaseException, tb:
 
 def _lost_race(worker: Recorder, job: Job, execution: Execution | None, end: str, status: str) -> None:
     """Another process recorded the job's end first: keep its record, drop only our execution."""
-    logger.info("job %s: already %s elsewhere; not recording it %s here", job.id, status, end)
+    if status == MISSING:
+        # A failover to a replica that never had the job, or an emptied Redis: nothing to record it in.
+        logger.warning("job %s: its record is gone from Redis (lost in a failover or a restart); ended %s, "
+                       "not recorded", job.id, end)  # fmt: skip
+    else:
+        logger.info("job %s: already %s elsewhere; not recording it %s here", job.id, status, end)
     if execution is not None:
         with worker.connection.pipeline() as pipe:
             worker.cleanup_execution(job, pipeline=pipe, execution=execution)

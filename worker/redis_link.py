@@ -14,20 +14,23 @@ import math
 from typing import Any
 
 from hiredis import pack_command  # redis[hiredis]: the C packer redis-py's sync client uses
-from redis.asyncio.connection import AbstractConnection, ConnectionPool
+from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ResponseError
 
 from common.redis_client import COMMAND_TIMEOUT_S, CONNECT_TIMEOUT_S
+from common.redis_conn import async_pool
+from common.redis_target import RedisTarget
 
 Command = tuple[str | bytes | int, ...]
 
 
 class RedisLink:
-    """One connection, made on first use and again after any failure."""
+    """One connection, made on first use and again after any failure (through Sentinel: to the
+    master it names then, so a failover costs a failed call and a reconnect)."""
 
-    def __init__(self, url: str) -> None:
-        self._pool = ConnectionPool.from_url(
-            url, socket_connect_timeout=CONNECT_TIMEOUT_S, socket_timeout=COMMAND_TIMEOUT_S, socket_keepalive=True
+    def __init__(self, target: str | RedisTarget) -> None:
+        self._pool = async_pool(
+            target, socket_connect_timeout=CONNECT_TIMEOUT_S, socket_timeout=COMMAND_TIMEOUT_S, socket_keepalive=True
         )
         self._conn: AbstractConnection | None = None
 

@@ -11,6 +11,7 @@ import contextlib
 import logging
 import sys
 import threading
+from functools import partial
 
 from redis.exceptions import RedisError
 from rq.executions import Execution
@@ -19,6 +20,7 @@ from rq.job_lifecycle import format_exc_info
 from rq.worker import BaseWorker, WorkerStatus
 
 from common.errors import JobCancelled
+from common.outage import through_outage
 from worker import records
 from worker.active import ActiveJobs
 from worker.draining import Slots
@@ -73,19 +75,23 @@ class Runner:
 
     def _perform(self, job: Job, batch: Batch, index: int) -> None:
         """Run one job in this thread, then record its success, failure or cancellation."""
+        # Each end is recorded once Redis answers: a job that ends during a failover is recorded
+        # on the new master (the record is guarded on its state, so a repeat changes nothing).
+        what = f"job {job.id}: end bookkeeping"
         try:
             return_value = job.perform()
         except JobCancelled as exc:
             if (execution := self._started(job, batch, index, exc)) is not None:
-                self._record_cancelled(job, execution, exc.msg)
+                through_outage(partial(self._record_cancelled, job, execution, exc.msg), what)
         except Exception as exc:
             exc_info = sys.exc_info()
             if (execution := self._started(job, batch, index, exc)) is not None:
                 records.log_failure(job, *exc_info)
-                records.record_failure(self.worker, job, execution, format_exc_info(exc_info))
+                failed = partial(records.record_failure, self.worker, job, execution, format_exc_info(exc_info))
+                through_outage(failed, what)
         else:
             if (execution := self._started(job, batch, index, return_value)) is not None:
-                records.record_success(self.worker, job, execution, return_value)
+                through_outage(partial(records.record_success, self.worker, job, execution, return_value), what)
         finally:
             self.stopped_ids.discard(job.id)
 

@@ -1,12 +1,11 @@
 """An RQ worker that runs up to `slots` jobs at once, in threads of one process (no fork per job).
 
-One worker serves one GPU's engine, which decodes several sequences at once; the worker takes
-jobs from Redis only while one of its slots is free, so the rest stay queued for other GPUs.
-Jobs are RQ jobs throughout (intermediate queue, registries, executions, heartbeats, results,
-`rq suspend`), each recorded once whatever its end (worker.records). The parts, one job each:
-taking (worker.dequeue, worker.intake), start bookkeeping (worker.starts), end bookkeeping
-(worker.records), the command/cancel channel (worker.channel), slots and draining
-(worker.draining), registry upkeep off the take loop (worker.maintenance).
+One worker serves one GPU's engine, which decodes several sequences at once; the worker takes jobs
+from Redis only while one of its slots is free, so the rest stay queued for other GPUs. Jobs are RQ
+jobs throughout (intermediate queue, registries, executions, heartbeats, results, `rq suspend`).
+The parts, one job each: taking (worker.dequeue, worker.intake), start bookkeeping (worker.starts),
+end bookkeeping, once whatever the end (worker.records), the command/cancel channel (worker.channel),
+slots and draining (worker.draining), registry upkeep off the take loop (worker.maintenance).
 """
 
 from __future__ import annotations
@@ -31,6 +30,7 @@ from rq.utils import now
 from rq.worker import BaseWorker, WorkerStatus
 
 from common import keys
+from common.acks import Acks
 from worker import jobguard, records
 from worker.active import ActiveJobs
 from worker.channel import CommandChannel
@@ -42,7 +42,7 @@ from worker.jobs import CLIENT_GONE, SHUTDOWN
 from worker.maintenance import Maintenance
 from worker.retention import PromptRetention
 from worker.runs import Runner
-from worker.starts import EXECUTION_TTL_S, WORKER_TTL_S, Batch, Starter, add_execution
+from worker.starts import EXECUTION_TTL_S, WORKER_TTL_S, Batch, Starter, refresh_executions
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +50,7 @@ MAINTENANCE_INTERVAL_S = 60
 DEQUEUE_TIMEOUT_S = 1
 # The socket timeout of the worker's Redis client: its longest blocking command waits DEQUEUE_TIMEOUT_S.
 COMMAND_TIMEOUT_S = DEQUEUE_TIMEOUT_S + 5
+MAX_BACKOFF_S = 1.0  # between tries to take jobs while Redis is away: a new master is used within seconds
 STOPPED_BY_OPERATOR = "stopped by an operator"
 
 
@@ -70,6 +71,7 @@ class SlotWorker(BaseWorker):
         max_age_s: float | None = None,
         on_taken: Callable[[list[Job]], None] | None = None,
         prompts: PromptRetention | None = None,
+        acks: Acks | None = None,
     ) -> None:
         super().__init__(
             queues,
@@ -92,7 +94,7 @@ class SlotWorker(BaseWorker):
         self.clock = RedisClock()
         # Jobs taken since start: the model schedule tells a stale engine answer by it.
         self.taken_total = 0
-        self._dequeuer = Dequeuer(connection, name)
+        self._dequeuer = Dequeuer(connection, name, acks)
         self._starter = Starter(self, self.clock, active, prompts)
         self._runner = Runner(self, self.slots, active)
         self._registered = False
@@ -155,13 +157,7 @@ class SlotWorker(BaseWorker):
         expires = self.clock.now() + EXECUTION_TTL_S
         with self.connection.pipeline() as pipe:
             self.heartbeat(WORKER_TTL_S + 60, pipeline=pipe)
-            for execution in list(self.executions.values()):
-                job = execution.job
-                # Not Execution.heartbeat: its HSET would bring back the record of an execution
-                # that a job thread ended while this beat was on its way. EXPIRE and XX never do.
-                pipe.expire(execution.key, EXECUTION_TTL_S)
-                add_execution(pipe, job, execution, expires, xx=True)
-                job.heartbeat(now(), EXECUTION_TTL_S, pipeline=pipe)
+            refresh_executions(pipe, list(self.executions.values()), expires)
             pipe.execute()
 
     def note_end(self, job: Job, pipe: Pipeline) -> None:
@@ -239,7 +235,7 @@ class SlotWorker(BaseWorker):
                 except (RedisError, OSError) as exc:
                     logger.error("worker %s: Redis unavailable (%s); retrying in %.1f s", self.name, exc, backoff)
                     self.slots.stop.wait(backoff)
-                    backoff = min(backoff * 2, 5.0)
+                    backoff = min(backoff * 2, MAX_BACKOFF_S)
         finally:
             drain(self.slots, self.active, self.grace_s, self.name)
             self._pool.shutdown(wait=False)

@@ -1,16 +1,16 @@
 """RQ's start bookkeeping for a batch of jobs, in one round trip, safe to run twice.
 
 Only jobs still queued start: one the web cancelled meanwhile stays canceled, and its generation
-(already on its way) is stopped. A start that cannot be recorded at all (Redis unreachable or
-silent, the client's one retry failing too) stops every generation of the batch: a job running
-outside RQ's records would be failed by RQ's intermediate-queue cleanup a minute later while it
-still ran. Its client hears why (a Failed event), and each job's end is recorded by its thread as
-soon as Redis answers (`record_unstarted`). The commands are RQ's (rq/executions.py
-Execution.create, rq/job.py Job.prepare_for_execution), except that the registries' expiry
-scores are written on Redis's clock (worker.clock), which the web counts them with. The RQ
-execution each start creates is its `done_if` key (common.job_state): a start whose reply was
-lost and that the client sent again finds its own execution, and counts as started, not as
-"ended elsewhere".
+(already on its way) is stopped. A start is tried again while Redis cannot be reached, for as
+long as an outage may last (common.outage: a restart, a failover); one that still cannot be
+recorded stops every generation of the batch: a job running outside RQ's records would be failed
+by RQ's intermediate-queue cleanup a minute later while it still ran. Its client hears why (a
+Failed event), and each job's end is recorded by its thread once Redis answers
+(`record_unstarted`). The commands are RQ's (rq/executions.py Execution.create, rq/job.py
+Job.prepare_for_execution), except that the registries' expiry scores are written on Redis's
+clock (worker.clock), which the web counts them with. The RQ execution each start creates is its
+`done_if` key (common.job_state): a start whose reply was lost and that the client sent again
+finds its own execution, and counts as started, not as "ended elsewhere".
 """
 
 from __future__ import annotations
@@ -24,10 +24,12 @@ from redis.client import Pipeline
 from redis.exceptions import RedisError
 from rq.executions import Execution, ExecutionRegistry
 from rq.job import Job, JobStatus
+from rq.utils import now, utcformat
 from rq.worker import BaseWorker, WorkerStatus
 
 from common.errors import JobCancelled
 from common.job_state import Command, Guarded, commands, run_guarded
+from common.outage import through_outage
 from worker import records
 from worker.active import ActiveJobs
 from worker.clock import RedisClock
@@ -83,6 +85,25 @@ def add_execution(pipe: Pipeline, job: Job, execution: Execution, expires: float
         pipe.expire(registry.key, EXECUTION_TTL_S + 60)
 
 
+# Job.heartbeat's HSET, only on a job that still exists: one whose record was lost (a failover
+# before the replica had it) must not come back as a stub that never expires.
+_HEARTBEAT_IF_PRESENT = (
+    "if redis.call('EXISTS', KEYS[1]) == 1 then return redis.call('HSET', KEYS[1], 'last_heartbeat', ARGV[1]) end"
+)
+
+
+def refresh_executions(pipe: Pipeline, executions: list[Execution], expires: float) -> None:
+    """RQ's heartbeat of running executions (rq/executions.py Execution.heartbeat, Job.heartbeat),
+    but never bringing back a record that is gone: not Execution.heartbeat, whose HSET would
+    recreate the record of an execution a job thread ended while the beat was on its way (EXPIRE
+    and XX never do), nor Job.heartbeat's HSET on a job Redis lost."""
+    for execution in executions:
+        job = execution.job
+        pipe.expire(execution.key, EXECUTION_TTL_S)
+        add_execution(pipe, job, execution, expires, xx=True)
+        pipe.eval(_HEARTBEAT_IF_PRESENT, 1, job.key, utcformat(now()))
+
+
 class Starter:
     """Writes the start of taken jobs: executions, status STARTED, registries, the worker BUSY."""
 
@@ -102,7 +123,8 @@ class Starter:
         """Record the jobs' start and stop each one another process ended first. A start that
         cannot be recorded stops every job of the batch, then raises (the take loop backs off)."""
         try:
-            batch.executions = self.mark_started(jobs, batch)
+            # The jobs run already: their start is recorded once Redis answers (a failover).
+            batch.executions = through_outage(lambda: self.mark_started(jobs, batch), "start bookkeeping")
         except Exception as exc:
             batch.unrecorded = f"{type(exc).__name__}: {exc}"
             logger.error("jobs %s: their start could not be recorded (%s); stopping them",
@@ -169,7 +191,8 @@ def record_unstarted(worker: records.Recorder, job: Job, batch: Batch, index: in
     may have run in Redis after all (only its answer was lost): either way the job ends once, its
     planned execution leaves every registry, and its id leaves the intermediate list."""
     execution = batch.planned[index] if index < len(batch.planned) else None
-    try:
+
+    def write() -> None:
         if isinstance(end, BaseException):
             why = f"the worker could not record its start in Redis ({batch.unrecorded}); it was stopped"
             if not isinstance(end, JobCancelled):
@@ -183,6 +206,9 @@ def record_unstarted(worker: records.Recorder, job: Job, batch: Batch, index: in
             if batch.token_key:
                 pipe.delete(batch.token_key)
             pipe.execute()
+
+    try:
+        through_outage(write, f"job {job.id}: end bookkeeping")  # each step is safe to repeat
     except (RedisError, OSError) as exc:
         # RQ's maintenance fails it later (IntermediateQueue.cleanup, or StartedJobRegistry.cleanup
         # once the execution this worker never refreshes expires).
