@@ -123,8 +123,7 @@ class Starter:
         """Record the jobs' start and stop each one another process ended first. A start that
         cannot be recorded stops every job of the batch, then raises (the take loop backs off)."""
         try:
-            # The jobs run already: their start is recorded once Redis answers (a failover).
-            batch.executions = through_outage(lambda: self.mark_started(jobs, batch), "start bookkeeping")
+            batch.executions = self.mark_started(jobs, batch)
         except Exception as exc:
             batch.unrecorded = f"{type(exc).__name__}: {exc}"
             logger.error("jobs %s: their start could not be recorded (%s); stopping them",
@@ -151,7 +150,11 @@ class Starter:
         if batch.token_key:
             first.append(("DEL", batch.token_key))
         last = commands(self.worker.connection, self._busy_and_alive)
-        found = run_guarded(self.worker.connection, guarded, first=first, last=last)
+        # The jobs run already: their start is recorded once Redis answers (a failover). Each try
+        # sends the same commands, so one whose answer was lost finds its own execution (done_if).
+        found = through_outage(
+            lambda: run_guarded(self.worker.connection, guarded, first=first, last=last), "start bookkeeping"
+        )
         executions: list[Execution | None] = []
         for job, (execution, _), status in zip(jobs, planned, found, strict=True):
             if status is None:
