@@ -5,6 +5,10 @@ RQ reads the upper-case names of a settings module (rq/cli/helpers.py read_confi
 or SENTINEL = {INSTANCES, MASTER_NAME, DB, USERNAME, PASSWORD, SSL, CONNECTION_KWARGS,
 SENTINEL_KWARGS} for its get_redis_from_config, which builds redis-py's Sentinel(...).master_for.
 They are built here from the runner's own variables, so `rq` reaches Redis as the runner does.
+Importing it also turns RQ's job hooks off in that `rq` process (ops.job_hooks): `rq info` cleans
+every queue's registries first, which would send an abandoned job's webhooks and call its failure
+callback. RQ imports a settings module only when no `-u/--url` is given (rq/cli/helpers.py,
+CliConfig.connection): give `-c` alone.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from typing import Any
 
 from common.redis_conn import node_options, sentinel_options
 from common.settings import Settings
+from ops.job_hooks import disable_job_hooks
 
 
 def rq_settings(settings: Settings) -> dict[str, Any]:
@@ -36,6 +41,7 @@ def rq_settings(settings: Settings) -> dict[str, Any]:
     }
 
 
+disable_job_hooks()
 _FOUND = rq_settings(Settings.from_env(os.environ))
 # RQ takes REDIS_URL when it is not None, else SENTINEL.
 REDIS_URL: str | None = _FOUND.get("REDIS_URL")

@@ -2,7 +2,8 @@
 
 `web` execs gunicorn as ops.supervise.web_command builds it (all its settings in
 web/gunicorn_conf.py). `dashboard` runs rq-dashboard behind its HTTP Basic login, and refuses to
-start without one: the dashboard shows every queued prompt and can cancel or delete jobs.
+start without one: the dashboard shows every queued prompt and can cancel or delete jobs. It
+never sends a job's webhooks nor calls its callbacks (ops.job_hooks).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from common.errors import ConfigError
 from common.redis_client import make_redis
 from common.redis_conn import node_options
 from common.settings import Settings
+from ops.job_hooks import disable_job_hooks
 from ops.supervise import web_command
 
 DASHBOARD_PORT = 9181
@@ -95,6 +97,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     """Run rq-dashboard on --bind:--port with its login; exits 2 without one."""
     port = args.port if args.port is not None else dashboard_port(os.environ.get("DASHBOARD_PORT", ""))
     os.environ.update(dashboard_env(dict(os.environ)))
+    disable_job_hooks()  # its pages must never make this host send a job's webhooks (ops.job_hooks)
     settings = Settings.from_env(os.environ)
     if settings.redis_sentinels:
         follow_the_master(settings)

@@ -3,10 +3,13 @@
 A connection is chosen by what its client sent (every one of some markers: a command name, a
 channel): `inject` writes raw bytes to the clients of the chosen connections, as a broken or
 hostile network path would, and `refuse` closes every chosen connection, now and whenever one is
-made again. Faults on one command (chosen by a marker in what the client sends with it):
+made again. Faults on one command (chosen by a marker in what the client sends with it, or by
+several markers that must all be there):
 `drop_reply` forwards the command, lets Redis run it, and closes the connection instead of
 delivering the answer (a reply lost on the way back: the client cannot tell whether it ran);
-`stall` forwards nothing more on that connection, either way (a peer that stops answering).
+`stall` forwards nothing more on that connection, either way (a peer that stops answering);
+`cut` closes the connection instead of forwarding the command (it never reaches Redis); `hold`
+keeps the command until the test releases it, then forwards it (a slow path, on one command).
 `silence` makes every new connection hang unanswered (a Redis that accepts and stays silent).
 """
 
@@ -26,7 +29,7 @@ class _Link:
     server: socket.socket
     sent: bytearray = field(default_factory=bytearray)  # what the client sent (first 64 kB)
     lock: threading.Lock = field(default_factory=threading.Lock)
-    awaiting: _Fault | None = None  # a drop-reply fault whose command went to Redis on this link
+    awaiting: Fault | None = None  # a drop-reply fault whose command went to Redis on this link
     stalled: bool = False
 
     def close(self) -> None:
@@ -46,22 +49,34 @@ class RedisProxy:
         self._listener = socket.create_server(("127.0.0.1", self.port))
         self._links: list[_Link] = []
         self._refused: list[tuple[bytes, ...]] = []
-        self._faults: list[_Fault] = []
+        self._faults: list[Fault] = []
         self._silent = False
         self._lock = threading.Lock()
         threading.Thread(target=self._accept, daemon=True).start()
 
-    def drop_reply(self, marker: bytes, *, reply: bytes = b"", times: int = 1) -> _Fault:
+    def drop_reply(self, marker: bytes | tuple[bytes, ...], *, reply: bytes = b"", times: int = 1) -> Fault:
         """The next `times` commands that carry `marker` (and whose answer carries `reply`) run in
         Redis; their connections close before the answer reaches the client."""
-        fault = _Fault(marker, times, "drop", reply)
+        fault = Fault(marker, times, "drop", reply)
         with self._lock:
             self._faults.append(fault)
         return fault
 
-    def stall(self, marker: bytes) -> _Fault:
-        """The next command carrying `marker` is not forwarded, nor anything after it on its connection."""
-        fault = _Fault(marker, 1, "stall")
+    def stall(self, marker: bytes | tuple[bytes, ...], *, times: int = 1) -> Fault:
+        """The next `times` commands carrying `marker` are not forwarded, nor anything after them on
+        their connections."""
+        return self._add(Fault(marker, times, "stall"))
+
+    def cut(self, marker: bytes | tuple[bytes, ...], *, times: int = 1) -> Fault:
+        """The next `times` commands carrying `marker` never reach Redis: their connections close."""
+        return self._add(Fault(marker, times, "cut"))
+
+    def hold(self, marker: bytes | tuple[bytes, ...]) -> Fault:
+        """The next command carrying `marker` waits in the proxy (and its connection with it) until
+        the fault's `release()`; then it goes to Redis."""
+        return self._add(Fault(marker, 1, "hold"))
+
+    def _add(self, fault: Fault) -> Fault:
         with self._lock:
             self._faults.append(fault)
         return fault
@@ -96,6 +111,8 @@ class RedisProxy:
         self._listener.close()
         with self._lock:
             links, self._links = self._links, []
+            for fault in self._faults:
+                fault.release()
         for link in links:
             link.close()
 
@@ -128,12 +145,13 @@ class RedisProxy:
         with self._lock:
             self._links.append(held)
 
-    def _fault_for(self, data: bytes) -> _Fault | None:
+    def _fault_for(self, data: bytes) -> Fault | None:
         with self._lock:
             for fault in self._faults:
-                if fault.left > 0 and fault.marker in data:
-                    if fault.kind == "stall":
+                if fault.left > 0 and fault.carried_by(data):
+                    if fault.kind != "drop":  # a dropped reply is used up when its answer comes
                         fault.left -= 1
+                        fault.hits += 1
                     return fault
         return None
 
@@ -163,6 +181,13 @@ class RedisProxy:
                     link.stalled = True
                     fault.hit.set()
                     continue  # nothing more goes either way; the client waits
+                if fault is not None and fault.kind == "cut":
+                    fault.hit.set()
+                    break
+                if fault is not None and fault.kind == "hold":
+                    fault.hit.set()
+                    fault.released.wait(60)
+                    fault = None
                 link.awaiting = fault
                 link.server.sendall(data)
         except OSError:
@@ -185,14 +210,29 @@ class RedisProxy:
 
 
 @dataclass(eq=False)
-class _Fault:
+class Fault:
     """One planned fault: on commands carrying `marker`, `left` more times."""
 
-    marker: bytes
+    marker: bytes | tuple[bytes, ...]
     left: int
     kind: str
     reply: bytes = b""
     hit: threading.Event = field(default_factory=threading.Event)
+    hits: int = 0  # how many commands it caught (stall, cut, hold)
+    released: threading.Event = field(default_factory=threading.Event)
+
+    def carried_by(self, data: bytes) -> bool:
+        """Whether `data` carries the fault's marker (every one of its markers)."""
+        markers = self.marker if isinstance(self.marker, tuple) else (self.marker,)
+        return all(marker in data for marker in markers)
+
+    def release(self) -> None:
+        """A held command goes on to Redis."""
+        self.released.set()
+
+    def end(self) -> None:
+        """Catch no more commands."""
+        self.left = 0
 
 
 def _sent_all(link: _Link, markers: tuple[bytes, ...]) -> bool:

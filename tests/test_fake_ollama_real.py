@@ -6,8 +6,13 @@ import json
 import threading
 import time
 
-from tests.fake_ollama import KNOWN_MODELS, FakeOllama
+from tests.fake_ollama import KNOWN_MODELS, ChatRecord, FakeOllama
 from tests.test_fake_ollama import Raw, chat_body
+
+
+def qwen(fake: FakeOllama) -> list[ChatRecord]:
+    """The fake's records of requests for Qwen."""
+    return [r for r in fake.chat_records() if r.model == "qwen2.5:7b"]
 
 
 def test_steady_traffic_on_the_loaded_model_starves_a_request_for_another() -> None:
@@ -28,13 +33,23 @@ def test_steady_traffic_on_the_loaded_model_starves_a_request_for_another() -> N
         assert fake.wait_for(lambda f: "llama3.1:8b" in f.loaded)
         other = Raw(fake.port, timeout=10)
         other.send("POST", "/api/chat", chat_body(model="qwen2.5:7b"))
-        time.sleep(2.0)
-        assert all(r.outcome == "queued" for r in fake.chat_records() if r.model == "qwen2.5:7b")
+        assert fake.wait_for(lambda f: qwen(f) != [])
+        arrived = qwen(fake)[0].received_at
+        # Each Llama request that ends after it was a chance to let it in (Llama marked to unload).
+        assert fake.wait_for(
+            lambda f: sum(r.model == "llama3.1:8b" and r.outcome == "done" and r.received_at > arrived
+                          for r in f.chat_records()) >= 20, 10,
+        )  # fmt: skip
+        assert [r.outcome for r in qwen(fake)] == ["queued"]
         stop.set()
         for t in threads:
             t.join()
-        time.sleep(0.5)  # even idle, Llama's refreshed keep-alive (forever) keeps it loaded
-        assert all(r.outcome == "queued" for r in fake.chat_records() if r.model == "qwen2.5:7b")
+        # Even idle, Llama's refreshed keep-alive (forever) keeps it loaded: /api/ps (answered once
+        # the scheduler has handled those requests' ends, and after any load it started) says so.
+        ps = Raw(fake.port)
+        assert [m["name"] for m in ps.request("GET", "/api/ps").json()["models"]] == ["llama3.1:8b"]
+        ps.close()
+        assert [r.outcome for r in qwen(fake)] == ["queued"]
         unload = Raw(fake.port)
         assert (
             unload.request("POST", "/api/chat", {"model": "llama3.1:8b", "messages": [], "keep_alive": 0}).status == 200
@@ -124,11 +139,12 @@ def test_some_architectures_run_one_request_at_a_time_whatever_the_slots() -> No
         for c in clients:
             c.send("POST", "/api/chat", chat_body(model="qwen3-vl:8b"))
         assert fake.wait_for(lambda f: f.active_generations() == 1)
-        time.sleep(0.1)
-        assert fake.active_generations() == 1
         for c in clients:
             assert c.read().status == 200
             c.close()
+        first, second = sorted(fake.chat_records(), key=lambda r: r.started_at or 0)
+        assert first.finished_at is not None and second.started_at is not None
+        assert second.started_at >= first.finished_at, "the two generations overlapped"
 
 
 def test_names_resolve_case_insensitively_with_defaults_and_list_in_their_shortest_form() -> None:

@@ -4,7 +4,6 @@ fake Ollama saw (generation really stopped)."""
 
 from __future__ import annotations
 
-import json
 import signal
 import threading
 import time
@@ -15,6 +14,7 @@ from redis import Redis
 from rq.job import Job
 from rq.registry import StartedJobRegistry
 from rq.serializers import JSONSerializer
+from rq.worker import Worker
 
 from common import keys
 from tests.client import call
@@ -89,7 +89,9 @@ def test_cancel_while_queued_never_reaches_ollama(stack: Stack, fake_ollama: Fak
     running.read_all()
     result = read_stream(running.body_lines())
     assert result.finish_reason == "stop"
-    time.sleep(0.3)  # give a wrongly dequeued job the chance to show up at Ollama
+    # A job queued after it: had the cancelled one stayed queued, the one slot would take it first
+    # (FIFO), and the worker sends a job to Ollama the moment it takes it.
+    assert call("POST", f"{stack.web_url}/llm", json=body("queued after it")).status_code == 200
     assert record_for(fake_ollama, "queued one") is None
     assert_nothing_lingers(redis, job_id)
 
@@ -215,7 +217,11 @@ def test_a_job_that_waits_past_the_queue_timeout_is_answered_and_dropped(
     dropped = only_job(redis, "canceled")
     assert_nothing_lingers(redis, dropped)
     running.close()
-    time.sleep(0.3)
+    assert fake_ollama.wait_for(lambda f: record_for(f, "hog").outcome == "cancelled")  # type: ignore[union-attr]
+    wait_until(lambda: [w.get_state() for w in Worker.all(connection=redis)] == ["idle"], 5, "the slot free")
+    # A job asked now is the next one taken (the dropped one, had it stayed queued, would be first).
+    fake_ollama.set_behavior("*", tokens_per_s=0, reply_tokens=2)
+    assert call("POST", f"{stack.web_url}/llm", json=body("asked after")).status_code == 200
     assert record_for(fake_ollama, "patient") is None
 
 
@@ -277,11 +283,12 @@ def test_concurrent_disconnects_leave_no_generation_running(
         thread.join()
     assert fake_ollama.wait_for(lambda f: f.active_generations() == 0, 2)
     wait_until(lambda: redis.llen(QUEUE_KEY) == 0, 2, "queue emptied")
-    time.sleep(0.3)
+    # Every job ended and the worker runs none: nothing can start a generation any more.
+    job_ids = [k.decode().rsplit(":", 1)[1] for k in redis.scan_iter("rq:job:*") if k.count(b":") == 2]
+    wait_until(lambda: {job_status(redis, j) for j in job_ids} == {"canceled"}, 5, "every job recorded canceled")
+    wait_until(lambda: [w.get_state() for w in Worker.all(connection=redis)] == ["idle"], 5, "the worker idle")
+    assert len(job_ids) == 6 and redis.llen(f"{QUEUE_KEY}:intermediate") == 0
     assert fake_ollama.active_generations() == 0
-    statuses = {json.dumps(job_status(redis, k.decode().rsplit(":", 1)[1])) for k in redis.scan_iter("rq:job:*")
-                if k.count(b":") == 2}  # fmt: skip
-    assert statuses == {'"canceled"'}
 
 
 def test_ollama_going_away_is_a_500_and_the_worker_recovers_with_it(stack: Stack, redis: Redis) -> None:

@@ -8,26 +8,32 @@ from __future__ import annotations
 
 import signal
 import time
-import uuid
+from collections.abc import Callable
 
 import pytest
 from redis import Redis
-from rq import Queue
 from rq.command import send_stop_job_command
 from rq.serializers import JSONSerializer
 
 from common import keys
 from common.events import Done, Started, Tokens, decode
-from common.jobs import GenerateJob
 from tests.client import call
+from tests.conftest import RedisServer
 from tests.fake_ollama import FakeOllama
 from tests.golivepeer import read_stream
-from tests.jobcheck import LLAMA, assert_recorded, fetch
+from tests.jobcheck import assert_recorded, fetch
 from tests.rawclient import RawRequest
+from tests.redisproxy import Fault, RedisProxy
 from tests.stack import Stack, wait_until
-from tests.test_faults import body, only_job, record_for, start
+from tests.test_faults import CANCEL_DEADLINE_S, QUEUE_KEY, body, only_job, record_for, start
 
 pytestmark = pytest.mark.e2e
+
+# Every try of the start within the worker's outage window (common.outage) meets the fault.
+TRIES = 1000
+# The start script (an EVALSHA, or an EVAL once Redis lost its scripts cache), which begins by taking
+# the job off the intermediate list; nothing else the worker sends carries both.
+START = (b"EVAL", b"LREM")
 
 
 def test_a_finished_job_is_recorded_finished_and_expires(stack: Stack, fake_ollama: FakeOllama) -> None:
@@ -145,23 +151,84 @@ def test_a_resumed_worker_does_not_overwrite_the_failure_the_web_recorded(
 
 
 def test_a_job_canceled_while_a_worker_takes_it_is_never_started(
-    stack: Stack, fake_ollama: FakeOllama, redis: Redis
+    stack: Stack, fake_ollama: FakeOllama, redis: Redis, redis_server: RedisServer
 ) -> None:
-    """The web's cancel lands between a worker taking the job and recording its start."""
-    fake_ollama.set_behavior("*", reply_tokens=3)
-    start(stack, fake_ollama)
-    queue = Queue(keys.queue_name(LLAMA), connection=redis, serializer=JSONSerializer)
-    spec = GenerateJob("llmrunner:events:nobody", LLAMA, "llama3.1:8b", [{"role": "user", "content": "raced"}],
-                       5, 0.7, 0.9, 40, False)  # fmt: skip
-    job = queue.create_job(keys.GENERATE_JOB, args=(spec.to_payload(),), job_id=uuid.uuid4().hex, timeout=-1)
-    job.save()
-    job.cancel()  # the web's cancel found the job queued (its id already taken off the list)
-    redis.rpush(queue.key, job.id)  # ...by a worker that now pops it
-    wait_until(lambda: redis.llen(queue.key) == 0, 5, "the worker taking the id")
-    time.sleep(0.5)
-    assert fetch(redis, job.id).get_status().value == "canceled"
-    assert record_for(fake_ollama, "raced") is None
-    assert redis.llen(f"{queue.key}:intermediate") == 0
+    """The web's cancel lands between a worker taking the job and recording its start.
+
+    The worker reaches Redis through a proxy that holds its start bookkeeping and the job's
+    Started event (so the web has not heard of the worker): the client leaves, the web finds the
+    job still queued and records it canceled (its id sits in the worker's intermediate list).
+    Released, the start finds the job canceled: the engine call the worker began when it took
+    the job is stopped, and nothing records the job started.
+    """
+    fake_ollama.set_behavior("*", tokens_per_s=20, reply_tokens=1000)
+    proxy = RedisProxy(redis_server.port)
+    try:
+        start(stack, fake_ollama, REDIS_URL=proxy.url)
+        announced = proxy.hold(b"|1|s")  # the job's first event (Started), published by the worker
+        recording = proxy.hold(START)
+        request = RawRequest(f"{stack.web_url}/llm", body("raced", stream=True))
+        assert recording.hit.wait(10) and announced.hit.wait(10), "the worker never took the job"
+        job_id = only_job(redis, "queued")
+        assert redis.lrange(f"{QUEUE_KEY}:intermediate", 0, -1) == [job_id.encode()]
+        assert fake_ollama.wait_for(lambda f: record_for(f, "raced") is not None), "begun when taken"
+        request.close()
+        wait_until(lambda: fetch(redis, job_id).get_status().value == "canceled", 5, "the web canceling it")
+        recording.release()
+        announced.release()
+        assert fake_ollama.wait_for(lambda f: record_for(f, "raced").outcome == "cancelled", CANCEL_DEADLINE_S)  # type: ignore[union-attr]
+        worker = stack.processes[-1]
+        wait_until(lambda: f"job {job_id}: ended elsewhere before it started (canceled)" in worker.output(), 5,
+                   "the worker finding it canceled")  # fmt: skip
+    finally:
+        proxy.close()
+    job = assert_recorded(redis, job_id, "canceled")
+    assert job.started_at is None and not job.worker_name, "recorded started"
+    assert not list(redis.scan_iter(f"rq:execution:{job_id}:*"))
+    assert redis.llen(f"{QUEUE_KEY}:intermediate") == 0
+
+
+def cut(proxy: RedisProxy) -> Fault:
+    """Neither the start nor any retry reaches Redis: the job is still queued."""
+    return proxy.cut(START, times=TRIES)
+
+
+def answers_lost(proxy: RedisProxy) -> Fault:
+    """The start runs in Redis (each retry finds its own execution), every answer is lost."""
+    return proxy.drop_reply(START, reply=b"*1\r\n", times=TRIES)
+
+
+def stalled(proxy: RedisProxy) -> Fault:
+    """Redis never answers the start, nor its retries: command timeouts."""
+    return proxy.stall(START, times=TRIES)
+
+
+@pytest.mark.parametrize("fault", [cut, answers_lost, stalled], ids=lambda f: f.__name__)
+def test_a_start_that_cannot_be_recorded_stops_the_job_and_says_why(
+    stack: Stack, fake_ollama: FakeOllama, redis: Redis, redis_server: RedisServer,
+    fault: Callable[[RedisProxy], Fault],
+) -> None:  # fmt: skip
+    """The worker began the engine call when it took the job; its start bookkeeping then cannot be
+    recorded for the whole outage window. The generation is stopped, the client is told why at
+    once, the job ends once (failed, saying why) and leaves RQ's intermediate list, and the worker
+    goes on serving."""
+    fake_ollama.set_behavior("*", tokens_per_s=20, reply_tokens=1000)
+    proxy = RedisProxy(redis_server.port)
+    try:
+        start(stack, fake_ollama, REDIS_URL=proxy.url)
+        planted = fault(proxy)
+        answer = call("POST", f"{stack.web_url}/llm", json=body("unrecorded"), timeout=40)
+        planted.end()
+        assert answer.status_code == 500, answer.text
+        assert "could not record its start" in answer.json()["detail"]["msg"]
+        assert fake_ollama.wait_for(lambda f: record_for(f, "unrecorded").outcome == "cancelled", 2)  # type: ignore[union-attr]
+        job = assert_recorded(redis, answer.headers["X-Job-Id"], "failed")
+        assert "could not record its start" in (job.latest_result().exc_string or "")  # type: ignore[union-attr]
+        assert redis.llen(f"{QUEUE_KEY}:intermediate") == 0 and redis.llen(QUEUE_KEY) == 0
+        fake_ollama.set_behavior("*", tokens_per_s=0, reply_tokens=3)
+        assert call("POST", f"{stack.web_url}/llm", json=body("after")).status_code == 200
+    finally:
+        proxy.close()
 
 
 def test_a_job_given_up_on_while_queued_is_recorded_canceled_and_expires(

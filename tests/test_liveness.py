@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 from redis import Redis
 
 from tests.client import call
 from tests.fake_ollama import FakeOllama
 from tests.jobcheck import assert_recorded
-from tests.stack import Stack
+from tests.stack import Stack, wait_until
 from tests.test_faults import body, start
 
 pytestmark = pytest.mark.e2e
@@ -25,7 +23,7 @@ def test_a_slow_api_ps_does_not_make_the_web_give_up_on_a_loading_job(
     fake_ollama.set_behavior("*", reply_tokens=3)
     start(stack, fake_ollama)
     fake_ollama.ps_delay_s = SLOW_PS_S
-    time.sleep(2.5)  # the worker's next /api/ps poll is under way and hangs
+    wait_until(lambda: fake_ollama.ps_started >= 1, 10, "the worker's next /api/ps poll under way (it hangs)")
     # The model "loads" for 9 s: nothing but the worker's pings tells the web it is alive.
     fake_ollama.set_behavior("*", first_byte_delay=9, reply_tokens=3)
     answer = call("POST", f"{stack.web_url}/llm", json=body("patience"), timeout=30)

@@ -18,6 +18,7 @@ from redis import Redis
 from tests.client import call
 from tests.conftest import RedisServer
 from tests.fake_ollama import FakeOllama
+from tests.jobcheck import assert_recorded
 from tests.rawclient import RawRequest
 from tests.redisproxy import RedisProxy
 from tests.stack import Stack, wait_until
@@ -57,7 +58,15 @@ def start_bookkeeping(proxy: RedisProxy, stack: Stack, redis: Redis) -> None:
     proxy.drop_reply(b"LREM")
 
 
-@pytest.mark.parametrize("lost", [blocking_wait, take, start_bookkeeping], ids=lambda f: f.__name__)
+def start_bookkeeping_through_an_outage(proxy: RedisProxy, stack: Stack, redis: Redis) -> None:
+    """The start script's answers are lost three times: the client's own retry, then the worker's
+    tries through an outage (common.outage) send it again; each must find the start it made."""
+    proxy.drop_reply((b"EVAL", b"LREM"), reply=b"*1\r\n", times=3)
+
+
+@pytest.mark.parametrize(
+    "lost", [blocking_wait, take, start_bookkeeping, start_bookkeeping_through_an_outage], ids=lambda f: f.__name__
+)
 def test_a_lost_reply_costs_nothing_one_job_one_engine_request_exact_text(
     stack: Stack, fake_ollama: FakeOllama, redis: Redis, redis_server: RedisServer,
     lost: Callable[[RedisProxy, Stack, Redis], None],
@@ -77,6 +86,7 @@ def test_a_lost_reply_costs_nothing_one_job_one_engine_request_exact_text(
                      and r.body["messages"][-1]["content"] == prompt]  # fmt: skip
             assert len(asked) == 1, "one engine request per job"
             assert redis.llen(f"{QUEUE_KEY}:intermediate") == 0 and redis.llen(QUEUE_KEY) == 0
+            assert_recorded(redis, answer.headers["X-Job-Id"], "finished")
             if proxy._faults[-1].hit.is_set():
                 break
         else:

@@ -1,10 +1,18 @@
-"""RQ's promises, kept by the runner's SlotWorker: one suite, run on a stock RQ worker and on ours.
+"""RQ's promises, kept by the runner's worker: one suite, run on a stock RQ worker and on ours.
 
-Each scenario drives real worker processes (RQ's `SimpleWorker` via `rq worker`, or SlotWorker
-via tests/slot_worker_harness.py) against a real Redis, then reads what an operator would see
-through RQ's own API, `rq info` and rq-dashboard's JSON. The two views must be equal, and equal
-to what the scenario expects. Stopping a running job uses RQ's forking `Worker`: a SimpleWorker
-has no work horse to stop (rq/worker/base.py, kill_horse is a no-op there).
+Each scenario drives real worker processes against a real Redis, then reads what an operator
+would see through RQ's own API, `rq info` and rq-dashboard's JSON. The two views must be equal,
+and equal to what the scenario expects.
+
+"ours" is the configuration that ships: `python -m worker` as the Procfile runs it (SlotWorker,
+RunnerJob and its job guard, production's `on_taken`), on the runner's queue of a model, running
+the runner's own job (`worker.jobs.generate`, a GenerateJob payload as the web writes it) against
+a fake Ollama whose behaviour gives each outcome (an answer, an engine error, a long generation).
+"rq" is RQ's own worker (`rq worker`: SimpleWorker, or the forking Worker where a job is stopped:
+a SimpleWorker has no work horse to stop, rq/worker/base.py kill_horse is a no-op there). It
+cannot run the runner's job (that runs only inside a runner worker process, on its engine), so
+it runs stand-ins with the same outcomes (tests/rq_jobs.py). What differs by nature, the job
+function's own return value and error, is checked per kind, then compared in kind.
 """
 
 from __future__ import annotations
@@ -12,14 +20,13 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-import sys
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 from redis import Redis
 from rq import Queue
@@ -32,48 +39,84 @@ from rq.suspension import resume
 from rq.utils import now
 from rq.worker import Worker
 
+from common import keys
+from common.jobs import GenerateJob
+from common.keys import GENERATE_JOB
 from tests.client import call
 from tests.conftest import RedisServer
+from tests.fake_ollama import FakeOllama
 from tests.redisproxy import RedisProxy
+from tests.rq_jobs import add, boom, flaky, hold
 from tests.stack import Process, Stack, free_port, wait_until
 from tests.test_dashboard import dashboard_argv
+from worker.runs import STOPPED_FAILURE
 
 pytestmark = pytest.mark.e2e
 
-QUEUE = "contract"
+LLAMA = "meta-llama/Meta-Llama-3.1-8B-Instruct"
+QUEUE = keys.queue_name(LLAMA)
 LOGIN = ("operator", "contract-password")
 KINDS = ("rq", "ours")
+# The fake engine's pace: a job of the runner runs max_tokens / TOKENS_PER_S seconds.
+TOKENS_PER_S = 20
+# What RQ writes as a failure whatever the job function (ours writes the same).
+RQ_FAILURES = {STOPPED_FAILURE, "Job was stuck in intermediate queue."}
+RESULT, RAISED = "<the job function's result>", "<the job function's error>"
+# What the fake engine answers where a stand-in fails (ours then fails the job with it).
+ENGINE_ERROR = "contract: the engine fails this job"
+# Where the runner's jobs publish their events (the channel of the web process that placed them).
+REPLY_TO = "llmrunner:events:contract"
 
 
 @dataclass
 class Run:
-    """One scenario on one kind of worker: its Redis, its queue, its worker processes."""
+    """One scenario on one kind of worker: its Redis, its queue, its engine, its worker processes."""
 
     kind: str
     stack: Stack
     redis: Redis
     queue: Queue
+    engine: FakeOllama
     workers: list[Process] = field(default_factory=list)
 
     def start_worker(self, *, forking: bool = False, redis_url: str = "") -> Process:
         """Start a worker of this run's kind on the queue and wait until RQ lists it."""
         before = {w.name for w in Worker.all(connection=self.redis)}
         if self.kind == "ours":
-            argv = [sys.executable, "-m", "tests.slot_worker_harness", redis_url or self.stack.redis_url, QUEUE]
+            proc = self.stack.start_worker(REDIS_URL=redis_url or self.stack.redis_url, OLLAMA_URL=self.engine.url,
+                                           VRAM_MB=24576)  # fmt: skip
         else:
             worker_class = "rq.worker.Worker" if forking else "rq.worker.SimpleWorker"
             # --worker-ttl 16: RQ then waits 1 s per dequeue (worker_ttl - 15), as SlotWorker does,
             # so both notice `rq suspend` as fast (rq/worker/base.py, dequeue_timeout).
             argv = [shutil.which("rq") or "rq", "worker", "-u", self.stack.redis_url, "-S", "json", "-w",
                     worker_class, "--worker-ttl", "16", QUEUE]  # fmt: skip
-        proc = self.stack.spawn(f"{self.kind}-worker", argv, self.stack.env())
+            proc = self.stack.spawn(f"{self.kind}-worker", argv, self.stack.env())
         wait_until(lambda: {w.name for w in Worker.all(connection=self.redis)} - before, 20, "the worker registered")
         self.workers.append(proc)
         return proc
 
-    def enqueue(self, func: Callable[..., Any], *args: Any) -> Job:
-        """Enqueue `func` as RQ's API does."""
-        return self.queue.enqueue(func, *args, result_ttl=300, failure_ttl=3600)
+    def job(self, func: Callable[..., Any], *args: Any, seconds: float = 0.1) -> Job:
+        """A job (not saved) with the outcome of `func`, a stand-in: `func` itself for RQ's worker;
+        for ours the runner's job, generating for `seconds`, failed by the engine where `func` fails."""
+        if self.kind == "rq":
+            return self.queue.create_job(func, args=args, result_ttl=300, failure_ttl=3600)
+        if func in (boom, flaky):
+            self.engine.set_behavior("*", status=500, error=ENGINE_ERROR)
+        messages = [{"role": "user", "content": f"contract {func.__name__}"}]
+        spec = GenerateJob(REPLY_TO, LLAMA, "llama3.1:8b", messages,
+                           max(1, round(seconds * TOKENS_PER_S)), 0.7, 0.9, 40, False)  # fmt: skip
+        return self.queue.create_job(GENERATE_JOB, args=(spec.to_payload(),), description=spec.describe(),
+                                     timeout=-1, result_ttl=300, failure_ttl=3600)  # fmt: skip
+
+    def enqueue(self, func: Callable[..., Any], *args: Any, seconds: float = 0.1) -> Job:
+        """Enqueue it as RQ's API does."""
+        return self.queue.enqueue_job(self.job(func, *args, seconds=seconds))
+
+    def engine_recovers(self) -> None:
+        """A failing stand-in's next run succeeds (`flaky` sees to it itself; ours: the engine answers again)."""
+        if self.kind == "ours":
+            self.engine.set_behavior("*", status=None, error=None)
 
     def status(self, job: Job) -> str:
         """The job's status now."""
@@ -82,6 +125,18 @@ class Run:
     def wait_status(self, job: Job, status: str, timeout: float = 15) -> None:
         """Wait until the job is in `status`."""
         wait_until(lambda: self.status(job) == status, timeout, f"job {job.id} {status}")
+
+    def wait_stoppable(self, job: Job, worker: Process) -> None:
+        """Wait until the worker running `job` acts on a stop-job command: it listens on its command
+        channel, and RQ's forking worker knows its work horse (it says so in its process title,
+        rq/worker/worker_classes.py fork_work_horse, right after it keeps the horse's pid: before,
+        a stop would kill the worker's own process group)."""
+        name = Job.fetch(job.id, connection=self.redis, serializer=JSONSerializer).worker_name
+        channel = f"rq:pubsub:{name}"
+        wait_until(lambda: self.redis.pubsub_numsub(channel)[0][1] >= 1, 10, "the worker listening for commands")
+        if self.kind == "rq":
+            wait_until(lambda: ": Forked " in " ".join(psutil.Process(worker.pid).cmdline()), 10,
+                       "the worker's work horse forked (in its process title: is setproctitle installed?)")  # fmt: skip
 
 
 # --- scenarios: each returns the jobs it made, by label; the expected status of each label follows
@@ -111,10 +166,10 @@ def canceled(run: Run) -> dict[str, Job]:
 
 
 def stopped(run: Run) -> dict[str, Job]:
-    run.start_worker(forking=True)
-    job = run.enqueue(hold, 30)
+    worker = run.start_worker(forking=True)
+    job = run.enqueue(hold, 30, seconds=30)
     run.wait_status(job, "started")
-    time.sleep(0.3)
+    run.wait_stoppable(job, worker)
     send_stop_job_command(run.redis, job.id, serializer=JSONSerializer)
     run.wait_status(job, "stopped")
     return {"stopped": job}
@@ -128,7 +183,7 @@ def suspended(run: Run) -> dict[str, Job]:
     second. The suite compares what both promise.)
     """
     run.start_worker()
-    busy = run.enqueue(hold, 6)
+    busy = run.enqueue(hold, 6, seconds=6)
     run.wait_status(busy, "started")
     assert subprocess.run(rq_cli("suspend", run), capture_output=True, timeout=30).returncode == 0
     job = run.enqueue(add, 4, 4)
@@ -176,7 +231,7 @@ def _rq_paused_at_start(run: Run) -> Process:
     """RQ's worker, its start bookkeeping held back by a write pause right after its dequeue."""
     first = run.start_worker()
     wait_until(lambda: _blocked_clients(run.redis) >= 1, 10, "the worker waiting in its blocking dequeue")
-    job = run.queue.create_job(hold, args=(0.1,), result_ttl=300, failure_ttl=3600)
+    job = run.job(hold, 0.1)
     job.save()
     # Redis hands the id to the waiting worker as soon as it is pushed; the pause that follows in
     # the same batch holds the worker's next write (its start bookkeeping) while it is killed.
@@ -188,12 +243,12 @@ def _rq_paused_at_start(run: Run) -> Process:
 
 
 def _ours_stalled_at_start(run: Run) -> tuple[Process, RedisProxy]:
-    """SlotWorker through a proxy that holds its start bookkeeping (the script's first command
+    """Our worker through a proxy that holds its start bookkeeping (the script's first command
     takes the job off the intermediate list) once the take has moved the job there."""
     proxy = RedisProxy(int(run.stack.redis_url.rsplit(":", 1)[1].split("/")[0]))
     stalled = proxy.stall(b"LREM")
     first = run.start_worker(redis_url=proxy.url)
-    job = run.queue.create_job(hold, args=(0.1,), result_ttl=300, failure_ttl=3600)
+    job = run.job(hold, 0.1)
     job.save()
     run.queue.push_job_id(job.id)
     assert stalled.hit.wait(10), "the worker never started the job's bookkeeping"
@@ -218,13 +273,12 @@ def requeued(run: Run) -> dict[str, Job]:
     run.start_worker()
     job = run.enqueue(flaky, f"flaky:{run.kind}")
     run.wait_status(job, "failed")
+    run.engine_recovers()
     result = subprocess.run([*rq_cli("requeue", run), "--queue", QUEUE, "--all"], capture_output=True, timeout=30)
     assert result.returncode == 0
     run.wait_status(job, "finished")
     return {"flaky": job}
 
-
-from tests.rq_jobs import add, boom, flaky, hold  # noqa: E402  (after the scenarios that name them)
 
 SCENARIOS: dict[str, tuple[Callable[[Run], dict[str, Job]], dict[str, str]]] = {
     "finished": (finished, {"add": "finished"}),
@@ -295,6 +349,30 @@ def dashboard_view(base: str, jobs: dict[str, Job]) -> dict[str, Any]:
     return view
 
 
+def in_kind(kind: str, view: dict[str, Any]) -> dict[str, Any]:
+    """The view with each job function's own result and error checked for this kind, then replaced
+    by what they are (RQ's own failure texts stay: both kinds must write them alike)."""
+    own_error = ENGINE_ERROR if kind == "ours" else "RuntimeError: "
+    for job in [*view["api"].values(), *view["dashboard"].values()]:
+        if not isinstance(job, dict) or "result" not in job:
+            continue
+        if job["result"] is not None:
+            assert own_result(kind, job["result"]), f"{kind}: {job['result']!r} is not its job function's result"
+            job["result"] = RESULT
+        if job.get("failure") is not None and job["failure"] not in RQ_FAILURES:
+            assert own_error in job["failure"], f"{kind}: {job['failure']!r} is not its job function's error"
+            job["failure"] = RAISED
+    return view
+
+
+def own_result(kind: str, result: Any) -> bool:
+    """Whether `result` is what this kind's job function returns: the runner's job summary, or a
+    stand-in's value."""
+    if kind == "ours":
+        return isinstance(result, dict) and result.get("finish_reason") in ("stop", "length")
+    return result in (2 + 3, 0 + 0, 4 + 4, 5 + 5, "held", "second run")
+
+
 @pytest.fixture(scope="module")
 def dashboard(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """rq-dashboard as the Procfile runs it (behind its login), on the session's Redis."""
@@ -316,15 +394,28 @@ def observe(
     redis.flushall()
     Path(tmp).mkdir(parents=True, exist_ok=True)
     stack = Stack(tmp, redis_url)
-    run = Run(kind, stack, redis, Queue(QUEUE, connection=redis, serializer=JSONSerializer))
+    engine = FakeOllama(tokens_per_s=TOKENS_PER_S).start()
+    engine.set_behavior("*", reply_tokens=100_000)  # each job's max_tokens says how long it runs
+    run = Run(kind, stack, redis, Queue(QUEUE, connection=redis, serializer=JSONSerializer), engine)
+    # The web process that placed the runner's jobs reads their events (a worker stops a job
+    # nobody reads: worker.readers).
+    reader = redis.pubsub()
+    reader.subscribe(**{REPLY_TO: lambda message: None})
+    reading = reader.run_in_thread(sleep_time=0.05, daemon=True)
     try:
         jobs = scenario(run)
         # The worker's last state change after the job's end.
         wait_until(lambda: all(w.get_state() in ("idle", "suspended") for w in Worker.all(connection=redis)), 5,
                    "the workers idle")  # fmt: skip
-        return {"api": api_view(redis, jobs), "rq info": info_view(stack), "dashboard": dashboard_view(base, jobs)}
+        view = {"api": api_view(redis, jobs), "rq info": info_view(stack), "dashboard": dashboard_view(base, jobs)}
+        return in_kind(kind, view)
+    except AssertionError as exc:
+        raise AssertionError(f"{kind}: {exc}\n{stack.logs()}") from None
     finally:
         stack.stop()
+        engine.stop()
+        reading.stop()
+        reader.close()
         resume(redis)
         redis.close()
 

@@ -7,19 +7,29 @@ Queue.run_sync (not a worker path). A runner worker must send none on any of the
 carries webhooks is refused like a foreign function; a planted abandoned job and a job stuck in
 the intermediate list are recorded failed by RQ's maintenance without a request. The sink
 accepts requests and never answers, as a hostile one would: a request would also stall its sender.
+
+RQ's registry cleanup also runs where jobs are only looked at, with RQ's plain Job: `rq info`
+(and rq-dashboard before 0.9). Those of the runner's processes turn RQ's job hooks off
+(ops.job_hooks): the dashboard always, `rq info` through the runner's settings module for it
+(`-c ops.rq_settings`). There the sink
+answers, after it recorded the request: a request sent is recorded before its sender goes on.
 """
 
 from __future__ import annotations
 
 import contextlib
+import shutil
 import socket
+import subprocess
 import threading
 import uuid
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 from redis import Redis
-from rq import Queue
+from rq import Callback, Queue
 from rq.intermediate_queue import IntermediateQueue
 from rq.job import Job, JobStatus
 from rq.registry import StartedJobRegistry
@@ -31,7 +41,8 @@ from common.jobs import GenerateJob
 from common.keys import GENERATE_JOB, queue_name
 from tests.client import call
 from tests.fake_ollama import FakeOllama
-from tests.stack import Stack, free_port, wait_until
+from tests.stack import REPO, Stack, free_port, wait_until
+from tests.test_dashboard import PASSWORD, USER, dashboard_argv
 from tests.test_faults import LLAMA, body, record_for, start
 from tests.test_jobguard import failed_with
 
@@ -146,3 +157,108 @@ def test_a_stalled_maintenance_never_stalls_job_taking(redis: Redis) -> None:
     finally:
         release.set()
         worker.maintenance.stop()
+
+
+class AnsweringSink:
+    """A local HTTP server that records each request, then answers 200."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, str, bytes]] = []
+        requests = self.requests
+
+        class Record(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                self._record()
+
+            def do_POST(self) -> None:
+                self._record()
+
+            def _record(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                requests.append((self.command, self.path, self.rfile.read(length)))
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Record)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/hook"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        """Stop serving."""
+        self._server.shutdown()
+        self._server.server_close()
+
+
+HOOKED = "hooks"  # a queue name rq-dashboard's routes take as one path segment
+
+
+def plant_abandoned(redis: Redis, sink_url: str, tmp_path: Path) -> Job:
+    """A STARTED job whose execution expired long ago, naming webhooks and a failure callback that
+    leaves a file behind if it is ever imported or called (tests/canary.py)."""
+    queue = Queue(HOOKED, connection=redis, serializer=JSONSerializer)
+    job = queue.create_job(GENERATE_JOB, args=({"any": "payload"},), job_id=uuid.uuid4().hex,
+                           description=str(tmp_path / "called"), on_failure=Callback("tests.canary.mark"),
+                           webhooks=[Webhook(sink_url, "failed", timeout=5)])  # fmt: skip
+    job.save()
+    job.set_status(JobStatus.STARTED)
+    redis.zadd(StartedJobRegistry(HOOKED, connection=redis).key, {f"{job.id}:planted": 1})
+    return job
+
+
+def test_the_dashboard_never_sends_a_webhook_nor_calls_a_callback(stack: Stack, redis: Redis, tmp_path: Path) -> None:
+    """rq-dashboard as the Procfile runs it, browsed everywhere an abandoned job shows; each page's
+    answer comes after any webhook it sent (the sink records before it answers). rq-dashboard 0.8
+    (in the range the runner accepts) cleans the registries it counts and lists, and sent it
+    before the dashboard turned RQ's job hooks off; 0.9 no longer cleans while browsing."""
+    sink = AnsweringSink()
+    try:
+        job = plant_abandoned(redis, sink.url, tmp_path)
+        port = free_port()
+        env = stack.env(RQ_DASHBOARD_USERNAME=USER, RQ_DASHBOARD_PASSWORD=PASSWORD, DASHBOARD_PORT=port,
+                        CANARY_IMPORTED=tmp_path / "imported")  # fmt: skip
+        stack.spawn("dashboard", dashboard_argv(), env)
+        base, login = f"http://127.0.0.1:{port}", (USER, PASSWORD)
+        wait_until(lambda: call("GET", f"{base}/0/data/queues.json", auth=login, timeout=2).status_code == 200, 20,
+                   "dashboard up")  # fmt: skip
+        pages = ["/", "/0/view/workers", f"/0/view/job/{job.id}", f"/0/data/job/{job.id}.json",
+                 "/0/data/queues.json", "/0/data/workers.json"]  # fmt: skip
+        for registry in ("queued", "started", "failed", "finished", "canceled", "deferred", "scheduled"):
+            pages += [f"/0/view/jobs/{HOOKED}/{registry}/8/asc/1", f"/0/data/jobs/{HOOKED}/{registry}/8/asc/1.json"]
+        for page in pages:
+            assert call("GET", f"{base}{page}", auth=login, timeout=30).status_code == 200, page
+        assert sink.requests == []
+        assert not (tmp_path / "imported").exists() and not (tmp_path / "called").exists()
+    finally:
+        sink.close()
+
+
+@pytest.mark.parametrize("settings", [False, True], ids=["rq-alone", "with-the-switch"])
+def test_rq_info_sends_a_planted_jobs_webhook_unless_its_settings_turn_them_off(
+    stack: Stack, redis: Redis, tmp_path: Path, settings: bool
+) -> None:
+    """`rq info` cleans every queue's registries first (rq/cli/cli.py info): alone, RQ sends the
+    abandoned job's webhook and calls its callback (why the switch exists); given the settings
+    module, ops.rq_settings (`-c`, and no `-u`: RQ's CLI would not import it), the job is failed
+    just the same, and nothing is sent nor called."""
+    sink = AnsweringSink()
+    try:
+        job = plant_abandoned(redis, sink.url, tmp_path)
+        env = stack.env(CANARY_IMPORTED=tmp_path / "imported")
+        where = ["-c", "ops.rq_settings"] if settings else ["-u", stack.redis_url]
+        argv = [shutil.which("rq") or "rq", "info", *where, "-S", "json", HOOKED]
+        done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60, cwd=REPO)
+        assert done.returncode == 0, done.stderr
+        fetched = Job.fetch(job.id, connection=redis, serializer=JSONSerializer)
+        assert fetched.get_status() == JobStatus.FAILED, "RQ's cleanup did not run: the test proved nothing"
+        if settings:
+            assert sink.requests == []
+            assert not (tmp_path / "imported").exists() and not (tmp_path / "called").exists()
+        else:
+            assert [(method, path) for method, path, _ in sink.requests] == [("GET", "/hook")]
+            assert (tmp_path / "called").read_text() == "ran"
+    finally:
+        sink.close()

@@ -33,15 +33,15 @@ R = TypeVar("R", bound=BaseRegistry)
 RUNNER_FUNCTIONS = frozenset({GENERATE_JOB})
 
 
-def refusal(job: Job, allowed: frozenset[str] = RUNNER_FUNCTIONS) -> str | None:
-    """Why this job must not run here, or None if it is the runner's generation job (one of `allowed`)."""
+def refusal(job: Job) -> str | None:
+    """Why this job must not run here, or None if it is the runner's generation job."""
     try:
         func_name, instance, args, kwargs = job.func_name, job.instance, job.args, job.kwargs
     except DeserializationError:
         return "its data is not the runner's JSON job format"
-    if func_name not in allowed or instance is not None:
+    if func_name not in RUNNER_FUNCTIONS or instance is not None:
         shown = func_name if isinstance(func_name, str) else type(func_name).__name__
-        return f"it names {shown[:200]!r}; this worker runs only {', '.join(sorted(allowed))}"
+        return f"it names {shown[:200]!r}; this worker runs only {', '.join(sorted(RUNNER_FUNCTIONS))}"
     callbacks = [
         name for name in (job._success_callback_name, job._failure_callback_name, job._stopped_callback_name) if name
     ]
@@ -77,9 +77,6 @@ def _registry(job: Job, kind: type[R]) -> R:
 class RunnerJob(Job):
     """RQ's Job, except that it calls only the runner's job function and never any callback or webhook."""
 
-    # The functions it may call: the runner's job only (the RQ contract suite allows its own).
-    allowed: frozenset[str] = RUNNER_FUNCTIONS
-
     @property
     def started_job_registry(self) -> StartedJobRegistry:
         """RQ's StartedJobRegistry of the job's queue (one object per queue)."""
@@ -98,7 +95,7 @@ class RunnerJob(Job):
     @property
     def func(self) -> Any:
         """The runner's job function; RefusedJob for anything else (nothing else is imported)."""
-        why = refusal(self, self.allowed)
+        why = refusal(self)
         if why is not None:
             raise RefusedJob(why)
         return super().func
@@ -129,7 +126,7 @@ def admit(jobs: list[Job], connection: Redis, on_end: Callable[[Job, Pipeline], 
     (`on_end` adds to that record's write: prompt retention)."""
     admitted = []
     for job in jobs:
-        why = refusal(job, job.allowed if isinstance(job, RunnerJob) else RUNNER_FUNCTIONS)
+        why = refusal(job)
         if why is None:
             admitted.append(job)
             continue

@@ -29,7 +29,7 @@ from worker.provision import all_stay_loaded, vram_budget, warm
 from worker.publisher import Publisher
 from worker.retention import PromptRetention
 from worker.schedule import ModelSchedule
-from worker.slots import DEQUEUE_TIMEOUT_S, SlotWorker
+from worker.slots import COMMAND_TIMEOUT_S, SlotWorker
 
 logger = logging.getLogger("worker")
 
@@ -62,9 +62,7 @@ def run(settings: Settings) -> None:
     signal.signal(signal.SIGINT, on_signal)
 
     # Connections: one per slot (job bookkeeping), plus the loop, publisher, heartbeat, commands.
-    redis = make_redis(
-        settings.redis_target, max_connections=settings.slots + 8, command_timeout_s=DEQUEUE_TIMEOUT_S + 5
-    )
+    redis = make_redis(settings.redis_target, max_connections=settings.slots + 8, command_timeout_s=COMMAND_TIMEOUT_S)
     gpu = GpuMonitor(settings.gpu_index)
     info = gpu.read()
     budget = vram_budget(settings, info.memory_total if info else None)

@@ -80,7 +80,14 @@ def _lost_race(worker: Recorder, job: Job, execution: Execution | None, end: str
             pipe.execute()
 
 
-def record_success(worker: Recorder, job: Job, execution: Execution, return_value: Any) -> bool:
+def record_success(
+    worker: Recorder,
+    job: Job,
+    execution: Execution,
+    return_value: Any,
+    *,
+    expected: frozenset[str] = frozenset({JobStatus.STARTED}),
+) -> bool:
     """RQ's success bookkeeping (status, result, registries, counters), atomically."""
     job.ended_at = now()
     job._status = JobStatus.FINISHED
@@ -102,7 +109,7 @@ def record_success(worker: Recorder, job: Job, execution: Execution, return_valu
         worker.increment_total_working_time(job.ended_at - started_at, pipe)  # type: ignore[operator]
         worker.note_end(job, pipe)
 
-    status = transition(worker.connection, job.key, {JobStatus.STARTED}, write)
+    status = transition(worker.connection, job.key, expected, write)
     if status is not None:
         _lost_race(worker, job, execution, "finished", status)
     return status is None

@@ -25,7 +25,7 @@ from worker import records
 from worker.active import ActiveJobs
 from worker.draining import Slots
 from worker.jobs import SHUTDOWN
-from worker.starts import Batch
+from worker.starts import Batch, record_unstarted
 
 logger = logging.getLogger(__name__)
 
@@ -81,22 +81,28 @@ class Runner:
         try:
             return_value = job.perform()
         except JobCancelled as exc:
-            execution = batch.execution(index)
-            if execution is not None:
+            if (execution := self._started(job, batch, index, exc)) is not None:
                 through_outage(partial(self._record_cancelled, job, execution, exc.msg), what)
-        except Exception:
+        except Exception as exc:
             exc_info = sys.exc_info()
-            execution = batch.execution(index)
-            if execution is not None:
+            if (execution := self._started(job, batch, index, exc)) is not None:
                 records.log_failure(job, *exc_info)
                 failed = partial(records.record_failure, self.worker, job, execution, format_exc_info(exc_info))
                 through_outage(failed, what)
         else:
-            execution = batch.execution(index)
-            if execution is not None:
+            if (execution := self._started(job, batch, index, return_value)) is not None:
                 through_outage(partial(records.record_success, self.worker, job, execution, return_value), what)
         finally:
             self.stopped_ids.discard(job.id)
+
+    def _started(self, job: Job, batch: Batch, index: int, end: object) -> Execution | None:
+        """The job's execution once its start is recorded (waits for the bookkeeping); None if it
+        was not started here: ended elsewhere first, or its start could not be recorded (then
+        its end, `end`, is recorded here: worker.starts.record_unstarted)."""
+        if batch.recorded():
+            return batch.execution(index)
+        record_unstarted(self.worker, job, batch, index, end)
+        return None
 
     def _record_cancelled(self, job: Job, execution: Execution, why: str) -> None:
         """A cancelled job: canceled if its client left, stopped if an operator stopped it, failed on shutdown."""

@@ -31,7 +31,6 @@ from rq.worker import BaseWorker, WorkerStatus
 
 from common import keys
 from common.acks import Acks
-from common.outage import through_outage
 from worker import jobguard, records
 from worker.active import ActiveJobs
 from worker.channel import CommandChannel
@@ -43,12 +42,14 @@ from worker.jobs import CLIENT_GONE, SHUTDOWN
 from worker.maintenance import Maintenance
 from worker.retention import PromptRetention
 from worker.runs import Runner
-from worker.starts import ENDED_ELSEWHERE, EXECUTION_TTL_S, WORKER_TTL_S, Batch, Starter, refresh_executions
+from worker.starts import EXECUTION_TTL_S, WORKER_TTL_S, Batch, Starter, refresh_executions
 
 logger = logging.getLogger(__name__)
 
 MAINTENANCE_INTERVAL_S = 60
 DEQUEUE_TIMEOUT_S = 1
+# The socket timeout of the worker's Redis client: its longest blocking command waits DEQUEUE_TIMEOUT_S.
+COMMAND_TIMEOUT_S = DEQUEUE_TIMEOUT_S + 5
 MAX_BACKOFF_S = 1.0  # between tries to take jobs while Redis is away: a new master is used within seconds
 STOPPED_BY_OPERATOR = "stopped by an operator"
 
@@ -70,7 +71,6 @@ class SlotWorker(BaseWorker):
         max_age_s: float | None = None,
         on_taken: Callable[[list[Job]], None] | None = None,
         prompts: PromptRetention | None = None,
-        job_class: type[jobguard.RunnerJob] = jobguard.RunnerJob,
         acks: Acks | None = None,
     ) -> None:
         super().__init__(
@@ -81,7 +81,7 @@ class SlotWorker(BaseWorker):
             worker_ttl=WORKER_TTL_S,
             maintenance_interval=MAINTENANCE_INTERVAL_S,
             exception_handlers=[records.log_failure],
-            job_class=job_class,
+            job_class=jobguard.RunnerJob,
         )
         self.slots = Slots(slots)
         self.active = active
@@ -95,7 +95,7 @@ class SlotWorker(BaseWorker):
         # Jobs taken since start: the model schedule tells a stale engine answer by it.
         self.taken_total = 0
         self._dequeuer = Dequeuer(connection, name, acks)
-        self._starter = Starter(self, self.clock, self._on_start if prompts is not None else None)
+        self._starter = Starter(self, self.clock, active, prompts)
         self._runner = Runner(self, self.slots, active)
         self._registered = False
         self._queues_by_name = {q.name: q for q in self.queues}
@@ -105,6 +105,12 @@ class SlotWorker(BaseWorker):
             connection, {self.pubsub_channel_name: self.handle_payload, keys.cancel_channel(): self._on_cancel}
         )
         self.maintenance = Maintenance(self, self.clock, prompts)
+
+    @property
+    def connection_timeout(self) -> int:
+        """RQ raises its client's socket timeout to this (its own, 25 s, would let a silent Redis
+        hold a job's start bookkeeping 50 s, with the client's retry): ours stays COMMAND_TIMEOUT_S."""
+        return COMMAND_TIMEOUT_S
 
     @property
     def busy(self) -> int:
@@ -158,10 +164,6 @@ class SlotWorker(BaseWorker):
         """Every end this worker writes notes the job for prompt retention (worker.records)."""
         if self.prompts is not None:
             self.prompts.on_end(job, pipe, self.clock.now())
-
-    def _on_start(self, jobs: list[Job], pipe: Pipeline) -> None:
-        assert self.prompts is not None
-        self.prompts.on_start(jobs, pipe, self.clock.now())
 
     def request_stop(self, signum: int, frame: FrameType | None) -> None:
         """First signal: stop taking jobs and drain; a second one cancels running jobs at once."""
@@ -262,27 +264,18 @@ class SlotWorker(BaseWorker):
         if not jobs:
             return
         self.taken_total += len(jobs)
-        batch = Batch()
+        batch = Batch(IntermediateQueue.get_intermediate_queue_key(taken.queue_key), taken.token_key)
         self.slots.take(len(jobs))
-        # The jobs run (their engine calls go out now) before RQ's start bookkeeping is written:
-        # it is off the path to the first token. A job whose start cannot be recorded (the web
-        # cancelled it meanwhile) is stopped then.
+        # The jobs run (their engine calls go out now) before RQ's start bookkeeping, off the path to
+        # the first token; a job whose start is not recorded is stopped then (worker.starts).
         if self.on_taken is not None:
             try:
                 self.on_taken(jobs)
             except Exception:
                 logger.exception("jobs %s: could not be started early; each starts in its thread", jobs)
-        intermediate = IntermediateQueue.get_intermediate_queue_key(taken.queue_key)
         try:
-            intermediate = IntermediateQueue.get_intermediate_queue_key(taken.queue_key)
-            # The jobs run already: their start is recorded once Redis answers (a failover).
-            start = lambda: self._starter.mark_started(jobs, intermediate, taken.token_key)  # noqa: E731
-            batch.executions = through_outage(start, "start bookkeeping")
-            for job, execution in zip(jobs, batch.executions, strict=True):
-                if execution is None:
-                    self.active.cancel(job.id, ENDED_ELSEWHERE)
+            self._starter.start(jobs, batch)
         finally:
-            batch.ready.set()
             for index, job in enumerate(jobs):
                 self._pool.submit(self._runner.run, job, batch, index)
 

@@ -1,28 +1,39 @@
 """RQ's start bookkeeping for a batch of jobs, in one round trip, safe to run twice.
 
 Only jobs still queued start: one the web cancelled meanwhile stays canceled, and its generation
-(already on its way) is stopped. The commands are RQ's (rq/executions.py Execution.create,
-rq/job.py Job.prepare_for_execution), except that the registries' expiry scores are written on
-Redis's clock (worker.clock), which the web counts them with. The RQ execution each start
-creates is its `done_if` key (common.job_state): a start whose reply was lost and that the
-client sent again finds its own execution, and counts as started, not as "ended elsewhere".
+(already on its way) is stopped. A start is tried again while Redis cannot be reached, for as
+long as an outage may last (common.outage: a restart, a failover); one that still cannot be
+recorded stops every generation of the batch: a job running outside RQ's records would be failed
+by RQ's intermediate-queue cleanup a minute later while it still ran. Its client hears why (a
+Failed event), and each job's end is recorded by its thread once Redis answers
+(`record_unstarted`). The commands are RQ's (rq/executions.py Execution.create, rq/job.py
+Job.prepare_for_execution), except that the registries' expiry scores are written on Redis's
+clock (worker.clock), which the web counts them with. The RQ execution each start creates is its
+`done_if` key (common.job_state): a start whose reply was lost and that the client sent again
+finds its own execution, and counts as started, not as "ended elsewhere".
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from typing import Any
 from uuid import uuid4
 
 from redis.client import Pipeline
+from redis.exceptions import RedisError
 from rq.executions import Execution, ExecutionRegistry
 from rq.job import Job, JobStatus
 from rq.utils import now, utcformat
 from rq.worker import BaseWorker, WorkerStatus
 
+from common.errors import JobCancelled
 from common.job_state import Command, Guarded, commands, run_guarded
+from common.outage import through_outage
+from worker import records
+from worker.active import ActiveJobs
 from worker.clock import RedisClock
+from worker.retention import PromptRetention
 
 logger = logging.getLogger(__name__)
 
@@ -30,21 +41,37 @@ logger = logging.getLogger(__name__)
 WORKER_TTL_S = 30
 EXECUTION_TTL_S = 30
 ENDED_ELSEWHERE = "ended elsewhere before it started"
+# The cancel reason of the jobs whose start could not be recorded; their clients read
+# "the job was <reason>" (worker.jobs).
+START_UNRECORDED = "stopped: the worker could not record its start in Redis"
+_QUEUED_OR_STARTED = frozenset({JobStatus.QUEUED, JobStatus.STARTED})
 
 
 class Batch:
-    """Jobs started together: their RQ executions, known once the start bookkeeping is done."""
+    """Jobs taken together from one queue: their RQ executions, known once the start bookkeeping is done."""
 
-    def __init__(self) -> None:
+    def __init__(self, intermediate: str = "", token_key: str = "") -> None:
         self.ready = threading.Event()
+        self.intermediate = intermediate
+        self.token_key = token_key
+        # Each job's execution as planned, before the start is written (the start may have run
+        # in Redis even though its answer never came back).
+        self.planned: list[Execution] = []
         self.executions: list[Execution | None] | None = None
+        # Why the start could not be recorded (None: it was, or is not known yet).
+        self.unrecorded: str | None = None
+
+    def recorded(self) -> bool:
+        """Whether the batch's start was recorded (waits for the bookkeeping)."""
+        self.ready.wait()
+        return self.executions is not None
 
     def execution(self, index: int) -> Execution | None:
         """The execution of the batch's `index`-th job (waits for the bookkeeping); None if it
         was not started here (another process had ended it first)."""
-        self.ready.wait()
-        if self.executions is None:
+        if not self.recorded():
             raise RuntimeError("the jobs' start could not be recorded in Redis")
+        assert self.executions is not None
         return self.executions[index]
 
 
@@ -84,25 +111,50 @@ class Starter:
         self,
         worker: BaseWorker,
         clock: RedisClock,
-        on_start: Callable[[list[Job], Pipeline], None] | None = None,
+        active: ActiveJobs,
+        prompts: PromptRetention | None = None,
     ) -> None:
         self.worker = worker
         self.clock = clock
-        self.on_start = on_start
+        self.active = active
+        self.prompts = prompts
 
-    def mark_started(self, jobs: list[Job], intermediate: str, token_key: str) -> list[Execution | None]:
+    def start(self, jobs: list[Job], batch: Batch) -> None:
+        """Record the jobs' start and stop each one another process ended first. A start that
+        cannot be recorded stops every job of the batch, then raises (the take loop backs off)."""
+        try:
+            batch.executions = self.mark_started(jobs, batch)
+        except Exception as exc:
+            batch.unrecorded = f"{type(exc).__name__}: {exc}"
+            logger.error("jobs %s: their start could not be recorded (%s); stopping them",
+                         ", ".join(job.id for job in jobs), batch.unrecorded)  # fmt: skip
+            for job in jobs:
+                self.active.cancel(job.id, START_UNRECORDED)
+            raise
+        finally:
+            batch.ready.set()
+        for job, execution in zip(jobs, batch.executions, strict=True):
+            if execution is None:
+                self.active.cancel(job.id, ENDED_ELSEWHERE)
+
+    def mark_started(self, jobs: list[Job], batch: Batch) -> list[Execution | None]:
         """Start the jobs still queued; returns each one's execution, or None for a job that had ended."""
         planned = [self._start_commands(job) for job in jobs]
+        batch.planned = [execution for execution, _ in planned]
         guarded = [
             Guarded(job.key, {JobStatus.QUEUED}, start, done_if=execution.key)
             for job, (execution, start) in zip(jobs, planned, strict=True)
         ]
         # Off the intermediate queue whatever the status (RQ removes it in the same transaction).
-        first: list[Command] = [("LREM", intermediate, 1, job.id) for job in jobs]
-        if token_key:
-            first.append(("DEL", token_key))
+        first: list[Command] = [("LREM", batch.intermediate, 1, job.id) for job in jobs]
+        if batch.token_key:
+            first.append(("DEL", batch.token_key))
         last = commands(self.worker.connection, self._busy_and_alive)
-        found = run_guarded(self.worker.connection, guarded, first=first, last=last)
+        # The jobs run already: their start is recorded once Redis answers (a failover). Each try
+        # sends the same commands, so one whose answer was lost finds its own execution (done_if).
+        found = through_outage(
+            lambda: run_guarded(self.worker.connection, guarded, first=first, last=last), "start bookkeeping"
+        )
         executions: list[Execution | None] = []
         for job, (execution, _), status in zip(jobs, planned, found, strict=True):
             if status is None:
@@ -126,11 +178,41 @@ class Starter:
             pipe.expire(execution.worker_executions_key, EXECUTION_TTL_S + 60)
             job.prepare_for_execution(name, pipeline=pipe)
             pipe.persist(job.key)
-            if self.on_start is not None:
-                self.on_start([job], pipe)
+            if self.prompts is not None:
+                self.prompts.on_start([job], pipe, self.clock.now())
 
         return execution, commands(self.worker.connection, start)
 
     def _busy_and_alive(self, pipe: Pipeline) -> None:
         self.worker.set_state(WorkerStatus.BUSY, pipeline=pipe)
         self.worker.heartbeat(WORKER_TTL_S + 60, pipeline=pipe)
+
+
+def record_unstarted(worker: records.Recorder, job: Job, batch: Batch, index: int, end: Any) -> None:
+    """The end of a job whose start could not be recorded, once Redis answers: finished if it
+    returned (`end`, its result) before it could be stopped, else failed, saying why. The start
+    may have run in Redis after all (only its answer was lost): either way the job ends once, its
+    planned execution leaves every registry, and its id leaves the intermediate list."""
+    execution = batch.planned[index] if index < len(batch.planned) else None
+
+    def write() -> None:
+        if isinstance(end, BaseException):
+            why = f"the worker could not record its start in Redis ({batch.unrecorded}); it was stopped"
+            if not isinstance(end, JobCancelled):
+                why += f" after it failed: {type(end).__name__}: {end}"
+            records.record_failure(worker, job, execution, why, expected=_QUEUED_OR_STARTED)
+        else:
+            assert execution is not None  # planned before the start was sent
+            records.record_success(worker, job, execution, end, expected=_QUEUED_OR_STARTED)
+        with worker.connection.pipeline() as pipe:
+            pipe.lrem(batch.intermediate, 1, job.id)
+            if batch.token_key:
+                pipe.delete(batch.token_key)
+            pipe.execute()
+
+    try:
+        through_outage(write, f"job {job.id}: end bookkeeping")  # each step is safe to repeat
+    except (RedisError, OSError) as exc:
+        # RQ's maintenance fails it later (IntermediateQueue.cleanup, or StartedJobRegistry.cleanup
+        # once the execution this worker never refreshes expires).
+        logger.warning("job %s: its end could not be recorded either (%s); RQ's cleanup will fail it", job.id, exc)
