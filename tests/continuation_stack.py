@@ -112,18 +112,21 @@ def serving_worker(stack: Stack, job_id: str) -> Process:
     return next(p for p in stack.processes if p.pid == pid)
 
 
-def chain(redis: Redis, job_id: str) -> list[Job]:
-    """A request's jobs: the one placed first, then each placed to carry it on (their meta links them)."""
-    jobs = [Job.fetch(job_id, connection=redis, serializer=JSONSerializer)]
-    found = True
-    while found:
-        found = False
-        for key in redis.scan_iter("rq:job:*"):
-            if key.count(b":") != 2:
-                continue
+def links(redis: Redis) -> dict[str, str]:
+    """Each job placed to carry a request's answer on, by the id of the job it carries on (its RQ meta)."""
+    found = {}
+    for key in redis.scan_iter("rq:job:*"):
+        if key.count(b":") == 2:
             job = Job.fetch(key.decode().rsplit(":", 1)[1], connection=redis, serializer=JSONSerializer)
-            if job.meta.get("continues") == jobs[-1].id:
-                jobs.append(job)
-                found = True
-                break
-    return jobs
+            if "continues" in job.meta:
+                found[job.meta["continues"]] = job.id
+    return found
+
+
+def chain(redis: Redis, job_id: str, linked: dict[str, str] | None = None) -> list[Job]:
+    """A request's jobs: the one placed first, then each placed to carry it on (`linked`: links(redis))."""
+    linked = links(redis) if linked is None else linked
+    ids = [job_id]
+    while ids[-1] in linked:
+        ids.append(linked[ids[-1]])
+    return [Job.fetch(i, connection=redis, serializer=JSONSerializer) for i in ids]

@@ -120,15 +120,15 @@ def _first_difference(a: str, b: str) -> int:
     return next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
 
 
-@pytest.mark.parametrize("cut", [2, 8, 20])
-def test_a_stream_cut_off_by_a_second_request_completes_through_a_continuation(real: Real, cut: int) -> None:
-    reader = Reader(f"{real.stack.web_url}/llm", body("llm")).start()
-    prefix = reader.wait_texts(cut)
-    for port in real.engines:  # llama-cpp-python cuts its running stream off for any other request
-        requests.get(f"http://127.0.0.1:{port}/v1/models", timeout=10)
-    check(real, reader, "llm", prefix, f"interrupted after {cut}")
-    jobs = chain(real.stack.redis, reader.job_id)
-    assert jobs[0].meta == {} and jobs[1].meta["cause"] == "interrupted"
+def test_a_stream_whose_worker_is_killed_completes_on_the_other_worker(real: Real) -> None:
+    reader = Reader(f"{real.stack.web_url}/v1/chat/completions", body("openai")).start()
+    prefix = reader.wait_texts(6)
+    worker = serving_worker(real.stack, reader.job_id)
+    port = real.workers.pop(worker.pid)
+    worker.signal(signal.SIGKILL)
+    worker.popen.wait()
+    check(real, reader, "openai", prefix, "worker killed")
+    real.start_worker(port)
 
 
 def test_a_stream_whose_engine_is_killed_completes_on_the_other_engine(real: Real) -> None:
@@ -141,12 +141,12 @@ def test_a_stream_whose_engine_is_killed_completes_on_the_other_engine(real: Rea
     real.start_engine(port)  # as `llm-runner up` restarts it
 
 
-def test_a_stream_whose_worker_is_killed_completes_on_the_other_worker(real: Real) -> None:
-    reader = Reader(f"{real.stack.web_url}/v1/chat/completions", body("openai")).start()
-    prefix = reader.wait_texts(6)
-    worker = serving_worker(real.stack, reader.job_id)
-    port = real.workers.pop(worker.pid)
-    worker.signal(signal.SIGKILL)
-    worker.popen.wait()
-    check(real, reader, "openai", prefix, "worker killed")
-    real.start_worker(port)
+@pytest.mark.parametrize("cut", [2, 8, 20])
+def test_a_stream_cut_off_by_a_second_request_completes_through_a_continuation(real: Real, cut: int) -> None:
+    reader = Reader(f"{real.stack.web_url}/llm", body("llm")).start()
+    prefix = reader.wait_texts(cut)
+    for port in real.engines:  # llama-cpp-python cuts its running stream off for any other request
+        requests.get(f"http://127.0.0.1:{port}/v1/models", timeout=10)
+    check(real, reader, "llm", prefix, f"interrupted after {cut}")
+    jobs = chain(real.stack.redis, reader.job_id)
+    assert jobs[0].meta == {} and jobs[1].meta["cause"] == "interrupted"

@@ -129,6 +129,33 @@ def test_a_lost_stream_goes_on_with_a_continuation_job_seamlessly(
     relay.close()
 
 
+def test_events_lost_for_good_are_carried_on_from_what_the_client_got(
+    redis: Redis, redis_server: RedisServer, client: Client, pool: ThreadPoolExecutor
+) -> None:
+    rt = runtime(redis_server.url)
+    ready_worker(redis, continuation=True)
+    relay = follow(rt, client, stream=True)
+    original = relay.job_id
+    send_event(redis, rt, original, 1, Started("w", "GPU-w"))
+    send_event(redis, rt, original, 2, tokens("a"))
+    assert handed_out(relay, 1) == ["a"]
+    # Event 3 is in no backlog (a Redis failover lost it before a replica had it); 4 comes live.
+    send_event(redis, rt, original, 4, tokens("c"))
+    waiting: Future[Answer] = pool.submit(relay.next_event)
+    again = placed_after(redis, original)
+    job = payload(redis, again)
+    assert (job.prefix, job.sent_tokens) == ("a", 1)
+    assert Job.fetch(again, connection=redis, serializer=JSONSerializer).meta["cause"] == "events_lost"
+    send_event(redis, rt, again, 1, Started("w", "GPU-w"))
+    send_event(redis, rt, again, 2, tokens("bc"))
+    send_event(redis, rt, again, 3, Done("stop", 9, 1))
+    first = waiting.result(timeout=10)
+    assert isinstance(first, Tokens) and first.text == "bc"
+    done = relay.next_event()
+    assert isinstance(done, Done) and done.completion_tokens == 2
+    relay.close()
+
+
 def test_nothing_sent_yet_places_the_original_job_again(
     redis: Redis, redis_server: RedisServer, client: Client, pool: ThreadPoolExecutor
 ) -> None:
