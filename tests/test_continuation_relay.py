@@ -19,10 +19,11 @@ from common import keys
 from common.events import Done, Failed, Started, Tokens
 from common.jobs import GenerateJob
 from tests.conftest import RedisServer
-from tests.stack import wait_until
+from tests.stack import free_port, wait_until
 from tests.webjob import LLAMA, QUEUE_KEY, Client, ready_record, ready_worker, request, runtime, send_event
 from web import metrics
 from web.continuation import Sent, lost, next_job
+from web.deadlines import Deafness
 from web.liveness import PROBE_AFTER_S, PROBE_CONFIRM_S, ProcessWatch
 from web.relay import Answer, JobRelay
 from web.runtime import Runtime
@@ -312,7 +313,7 @@ def test_what_stops_a_continuation_and_what_it_carries() -> None:
 
 
 def test_a_process_counts_as_gone_after_two_empty_looks_of_one_silence() -> None:
-    watch = ProcessWatch()
+    watch = ProcessWatch(Deafness())
     heard = 100.0
     assert not watch.due(False, heard, 0.0, 200.0)  # not started: nothing to look for
     assert not watch.due(True, heard, 0.0, heard + PROBE_AFTER_S - 0.01)  # not silent long enough
@@ -325,3 +326,15 @@ def test_a_process_counts_as_gone_after_two_empty_looks_of_one_silence() -> None
     assert not watch.seen(0, heard, now) and not watch.seen(1, heard, now + 0.25)
     assert not watch.seen(0, heard, now + 0.5) and not watch.seen(0, heard + 1, now + 1)
     assert watch.seen(0, heard + 1, now + 1 + PROBE_CONFIRM_S)
+
+
+def test_a_look_redis_does_not_answer_counts_as_time_this_process_heard_nobody() -> None:
+    # Redis away (nothing listens on this port): the look fails; whatever silence the job had is
+    # not the worker's: it counts again from the look's end, as after the web's resubscription.
+    deaf = Deafness()
+    watch = ProcessWatch(deaf)
+    heard = time.monotonic() - 2.0
+    nobody = Redis(port=free_port(), socket_connect_timeout=1)
+    assert not watch.gone(nobody, "w", True, heard, 0.0, time.monotonic())
+    assert deaf.until(True, time.monotonic()) > heard + 2.0
+    assert not watch.due(True, heard, deaf.until(True, time.monotonic()), time.monotonic())  # not again

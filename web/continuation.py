@@ -174,5 +174,6 @@ class Continuations:
             return None  # cannot tell now: the next resync asks again
         again = uuid.uuid4().hex
         records.broadcast_cancel(rt.redis, job_id)
-        admission.place(rt, rt.queue(job.model_id), again, job, admission.Room(admission.NO_LIMIT, 0, 0))
+        admission.place(rt, rt.queue(job.model_id), again, job, admission.Room(admission.NO_LIMIT, 0, 0),
+                        first=job.attempt > 0, meta={"continues": job_id, "cause": "lost_in_failover"})  # fmt: skip
         return again

@@ -13,12 +13,14 @@ its sockets keeps its subscriber until TCP gives up: WORKER_SILENCE_S finds that
 from __future__ import annotations
 
 import logging
+import time
 
 from redis import Redis
 from redis.exceptions import RedisError
 
 from common import keys
 from common.events import PING_S
+from web.deadlines import Deafness
 
 logger = logging.getLogger(__name__)
 
@@ -30,13 +32,18 @@ PROBE_AFTER_S = PING_S + 0.25
 # A process is gone when two looks this far apart at least find nobody on its command channel: one
 # could fall while the worker re-makes its subscription.
 PROBE_CONFIRM_S = 0.2
+# A look Redis takes longer than this to answer (or does not answer) means this process may have
+# heard nobody meanwhile (its event subscription lost and re-made while the relay waited): the
+# silence counts again from the answer, as after a resync (web.deadlines.Deafness).
+SLOW_LOOK_S = 0.25
 
 
 class ProcessWatch:
     """Whether the worker of one followed job is gone: when to look (`due`), what the looks
     found (`seen`), and the look itself (`gone`)."""
 
-    def __init__(self) -> None:
+    def __init__(self, deaf: Deafness) -> None:
+        self._deaf = deaf
         self._heard = -1.0  # the silence being looked into began then
         self._empty_since: float | None = None
         self._asked_at = float("-inf")
@@ -65,9 +72,14 @@ class ProcessWatch:
         """Look, if it is time, whether `worker`'s process still listens; True once it is gone."""
         if not worker or not self.due(started, last_heard, counts_from, now):
             return False
+        asked = time.monotonic()
         try:
-            found = dict(redis.pubsub_numsub(keys.worker_commands(worker)))
+            found: dict[bytes | str, int] | None = dict(redis.pubsub_numsub(keys.worker_commands(worker)))
         except (RedisError, OSError) as exc:
             logger.debug("cannot look for worker %s: %s", worker, exc)
+            found = None
+        answered = time.monotonic()
+        if found is None or answered - asked > SLOW_LOOK_S:
+            self._deaf.resynced(answered)
             return False
         return self.seen(sum(int(n) for n in found.values()), last_heard, now)

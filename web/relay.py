@@ -61,7 +61,7 @@ class JobRelay:
         self._finished = False
         self._ready: deque[Answer] = deque()
         self._deaf = deadlines.Deafness()  # while this process hears no worker, silence is not theirs
-        self._watch = ProcessWatch()  # whether the silent worker's process is gone
+        self._watch = ProcessWatch(self._deaf)  # whether the silent worker's process is gone
         self._carry = Continuations(rt, None)  # what the client got; the jobs that carried it on
 
     def submit(self) -> None:
@@ -97,7 +97,7 @@ class JobRelay:
         self._placed_at = time.monotonic()
         self._events = Sequencer(job_id, self._placed_at)
         self._started = self._finished = False
-        self._watch = ProcessWatch()
+        self._watch = ProcessWatch(self._deaf)
 
     def next_event(self) -> Answer:
         """Block until the next Tokens, ToolCalls, Done or Failed; raises ClientGone if the client left.
@@ -259,16 +259,18 @@ class JobRelay:
             self.close()
             raise ClientGone
         rt, events = self.rt, self._events
-        counts_from = self._deaf.until(rt.hub.subscribed, now)
+        heard, counts_from = events.last_heard, self._deaf.until(rt.hub.subscribed, now)
+        gone = not events.replay_due and self._watch.gone(rt.redis, self.trace.worker, self._started, heard,
+                                                          counts_from, now)  # fmt: skip
         progress = deadlines.Progress(
             self.request.model.model_id,
             self._placed_at,
             started=self._started,
-            last_heard=max(events.last_heard, counts_from),
+            # Read again: a look Redis was slow to answer counts as time this process heard nobody.
+            last_heard=max(heard, self._deaf.until(rt.hub.subscribed, now)),
             worker=self.trace.worker,
             replay_due=events.replay_due,
-            gone=not events.replay_due
-            and self._watch.gone(rt.redis, self.trace.worker, self._started, events.last_heard, counts_from, now),
+            gone=gone,
         )
         due = deadlines.overdue(rt.settings, progress, now, rt.draining_since)
         if due is None:
