@@ -26,6 +26,7 @@ class Params:
     conc_rate: float = 25.0  # tokens/s per stream, a realistic GPU rate
     real_n: int = 10  # sequential requests per path on the real model (0: no real-model section)
     real_tokens: int = 64
+    kill_n: int = 5  # streams whose worker is SIGKILLed mid-way (0: no such section)
     out: Path = REPO / "bench" / "results"
     strict: bool = False
     # Redis through Sentinel (a master, a replica, three sentinels), replicas acknowledging writes.
@@ -39,7 +40,7 @@ class Params:
 
 
 QUICK = dict(quick=True, warmup=3, ttft_n=20, relay_tokens=2000, relay_repeats=2, ns=(1, 4), conc_tokens=20,
-             real_n=2, real_tokens=16)  # fmt: skip
+             real_n=2, real_tokens=16, kill_n=2)  # fmt: skip
 
 
 def parse_args(argv: list[str] | None = None) -> Params:
@@ -56,6 +57,7 @@ def parse_args(argv: list[str] | None = None) -> Params:
     ap.add_argument("--stream-tokens", type=int, help="tokens per stream in the concurrency scenario")
     ap.add_argument("--rate", type=float, help="tokens/s per stream in the concurrency scenario")
     ap.add_argument("--real-n", type=int, help="requests per path on the real model (0 skips that section)")
+    ap.add_argument("--kill-n", type=int, help="streams whose serving worker is SIGKILLed (0 skips that section)")
     ap.add_argument("--strict", action="store_true", help="also exit non-zero (3) when a target is missed")
     ap.add_argument(
         "--sentinel", action="store_true", help="Redis as a master, a replica and three sentinels (Redis Sentinel)"
@@ -68,7 +70,8 @@ def parse_args(argv: list[str] | None = None) -> Params:
         if not changes["ns"] or min(changes["ns"]) < 1:
             ap.error("--n needs positive integers")
     for name, value in (("out", a.out), ("ttft_n", a.ttft_n), ("relay_tokens", a.relay_tokens),
-                        ("conc_tokens", a.stream_tokens), ("conc_rate", a.rate), ("real_n", a.real_n)):  # fmt: skip
+                        ("conc_tokens", a.stream_tokens), ("conc_rate", a.rate), ("real_n", a.real_n),
+                        ("kill_n", a.kill_n)):  # fmt: skip
         if value is not None:
             changes[name] = value
     return replace(p, **changes)

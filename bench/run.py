@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from types import FrameType
 
+from bench.kill import render_kill, run_kill
 from bench.params import Params, parse_args
 from bench.plot import plot
 from bench.procs import StartError
@@ -137,6 +138,19 @@ def execute(p: Params) -> int:
             shutil.rmtree(real_dir, ignore_errors=True)
             text += "\n".join(render_real(real, p.real_n, p.real_tokens)) + "\n"
             real_wrong = len(real.wrong)
+    kill_wrong = 0
+    if p.kill_n:
+        print(f"worker deaths: {p.kill_n} streams whose serving worker is SIGKILLed…", flush=True)
+        kill_dir = Path(tempfile.mkdtemp(prefix="llm-bench-kill-"))
+        try:
+            killed = run_kill(kill_dir, p.kill_n)
+        except StartError as exc:
+            print(f"\nFAILED (worker deaths): {exc}; logs in {kill_dir}", file=sys.stderr)
+            return 2
+        if not killed.wrong:
+            shutil.rmtree(kill_dir, ignore_errors=True)
+        text += "\n".join(render_kill(killed, p.kill_n)) + "\n"
+        kill_wrong = len(killed.wrong)
     print("\n" + text)
     p.out.mkdir(parents=True, exist_ok=True)
     (p.out / "results.md").write_text(text)
@@ -144,8 +158,9 @@ def execute(p: Params) -> int:
         print(f"wrote {p.out / 'results.md'} and {p.out / 'concurrency.png'}")
     else:
         print(f"wrote {p.out / 'results.md'} (matplotlib missing: no plot)")
-    if verifier.failures or real_wrong:
-        print(f"\n!!!!! {len(verifier.failures) + real_wrong} WRONG STREAM(S) — see above !!!!!", file=sys.stderr)
+    if verifier.failures or real_wrong or kill_wrong:
+        wrong = len(verifier.failures) + real_wrong + kill_wrong
+        print(f"\n!!!!! {wrong} WRONG STREAM(S) — see above !!!!!", file=sys.stderr)
         return 1
     return 3 if p.strict and not all_ok else 0
 

@@ -18,6 +18,9 @@ from dataclasses import asdict, dataclass
 _SEP = b"|"
 BATCH_SEPARATOR = b"\n"
 _STARTED, _TOKENS, _PING, _DONE, _FAILED, _TOOL_CALLS = b"s", b"t", b"p", b"d", b"e", b"c"
+# A worker pings each job it runs this often (worker.heartbeat); the web reads a longer silence
+# as a sign the worker may be gone (web.deadlines).
+PING_S = 1.0
 
 
 @dataclass(frozen=True, slots=True)

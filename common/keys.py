@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from rq.command import PUBSUB_CHANNEL_TEMPLATE
+
 PREFIX = "llmrunner"
 
 # The RQ job function, by dotted path, so the web never imports worker code.
@@ -11,6 +13,13 @@ GENERATE_JOB = "worker.jobs.generate"
 def queue_name(model_id: str) -> str:
     """RQ queue holding the jobs for one model; workers that can serve it listen on it."""
     return f"llm:{model_id}"
+
+
+def worker_commands(worker_name: str) -> str:
+    """RQ's command channel of a worker (`rq:pubsub:<name>`, rq.command), which its process stays
+    subscribed to for as long as it lives (worker.channel): Redis drops the subscriber when the
+    process's socket closes."""
+    return PUBSUB_CHANNEL_TEMPLATE % worker_name
 
 
 def reply_channel(web_id: str) -> str:

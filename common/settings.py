@@ -68,6 +68,8 @@ class Settings:
     idle_timeout_s: float = 30.0
     # Web: how long a started job may stay silent before its worker counts as lost.
     worker_silence_s: float = 5.0
+    # Web: how many times one request's lost generation is continued on another slot (0: never).
+    migration_limit: int = 2
     # Hostile-input limits.
     max_body_bytes: int = 1 << 20
     max_messages: int = 256
@@ -191,6 +193,7 @@ class Settings:
             first_byte_timeout_s=env.number("OLLAMA_FIRST_BYTE_TIMEOUT_S", cls.first_byte_timeout_s, low=0.1),
             idle_timeout_s=env.number("OLLAMA_IDLE_TIMEOUT_S", cls.idle_timeout_s, low=0.1),
             worker_silence_s=env.number("WORKER_SILENCE_S", cls.worker_silence_s, low=1.0),
+            migration_limit=env.integer("MIGRATION_LIMIT", cls.migration_limit, low=0, high=100),
             max_body_bytes=env.integer("MAX_BODY_BYTES", cls.max_body_bytes, low=1024),
             max_messages=env.integer("MAX_MESSAGES", cls.max_messages, low=1),
             max_prompt_chars=env.integer("MAX_PROMPT_CHARS", cls.max_prompt_chars, low=1),

@@ -22,7 +22,7 @@ def place(acks: Acks, redis: Redis) -> str:
     """Place a job with the web's own script through `acks`; the job hash's key."""
     job = uuid.uuid4().hex
     keys = ["rq:queue:q", "rq:wip:q", f"rq:job:{job}", "rq:queues"]
-    assert acks.script(redis.register_script(PLACE_SCRIPT), keys, [-1, 60, job, "status", "queued"])[0] == 1
+    assert acks.script(redis.register_script(PLACE_SCRIPT), keys, [-1, 60, job, 0, "status", "queued"])[0] == 1
     return keys[2]
 
 

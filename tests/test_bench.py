@@ -56,3 +56,7 @@ def test_quick_bench_verifies_every_stream(tmp_path: Path) -> None:
     # The real-model section ran: both paths answered, every stream ended properly.
     real = re.search(r"Real-model streams checked: (\d+), wrong: (\d+)", report)
     assert real and int(real.group(1)) == 2 * QUICK["real_n"] and real.group(2) == "0", report[-3000:]  # type: ignore[operator]
+    # The worker-death section ran: each stream whose worker was SIGKILLed completed, exact.
+    killed = re.search(r"Worker-death streams checked \(exact text, one final chunk, \[DONE\]\): (\d+), wrong: (\d+)",
+                       report)  # fmt: skip
+    assert killed and int(killed.group(1)) == QUICK["kill_n"] and killed.group(2) == "0", report[-3000:]  # type: ignore[operator]

@@ -284,14 +284,22 @@ def test_ollama_failures_before_any_token_are_500_with_detail(runner: Runner, kn
 
 
 @pytest.mark.parametrize("knobs", [{"error_after": 3, "error": "CUDA error"}, {"drop_after": 3}])
-def test_ollama_failures_mid_stream_end_with_an_error_chunk(runner: Runner, knobs: dict[str, Any]) -> None:
-    runner.fake.set_behavior("*", **knobs)
+def test_ollama_failures_mid_stream_are_carried_on_up_to_the_limit_then_end_with_an_error_chunk(
+    runner: Runner, knobs: dict[str, Any]
+) -> None:
+    runner.fake.set_behavior("*", **knobs)  # every request to the engine breaks after 3 tokens
+    before = len(runner.fake.chat_records())
     response, lines = stream(f"{runner.url}/llm", body(stream=True))
     assert response.status_code == 200
     result = read_stream(lines)
-    assert result.text == expected_text("alpha bravo", 3)
+    # The original job and MIGRATION_LIMIT (2) continuations, 3 tokens each, one seamless text.
+    assert result.text == expected_text("alpha bravo", 9)
     assert result.finish_reason == "error" and result.saw_done_marker
-    assert result.usage["completion_tokens"] == 3
+    assert result.usage["completion_tokens"] == 9
+    sent = [r.body["messages"][-1] for r in runner.fake.chat_records()[before:]]
+    assert sent == [{"role": "user", "content": "alpha bravo"},
+                    {"role": "assistant", "content": expected_text("alpha bravo", 3)},
+                    {"role": "assistant", "content": expected_text("alpha bravo", 6)}]  # fmt: skip
     response = call("POST", f"{runner.url}/llm", json=body())
     assert response.status_code == 500 and response.json()["detail"]["msg"]
 

@@ -317,7 +317,8 @@ def test_a_slow_first_token_is_waited_for_up_to_its_bound(stack: Stack, fake_oll
 
 
 def test_a_stall_between_tokens_ends_the_stream_with_an_error(stack: Stack, fake_ollama: FakeOllama) -> None:
-    start(stack, fake_ollama, OLLAMA_IDLE_TIMEOUT_S=0.5)
+    # MIGRATION_LIMIT=0: no continuation carries the stalled answer on (tests/test_e2e.py has those).
+    start(stack, fake_ollama, web_env={"MIGRATION_LIMIT": 0}, OLLAMA_IDLE_TIMEOUT_S=0.5)
     fake_ollama.set_behavior("*", stall_after=2)
     request = RawRequest(f"{stack.web_url}/llm", body("stalling", stream=True))
     request.read_all(timeout=5)

@@ -29,14 +29,20 @@ def runtime(redis_url: str, **settings: Any) -> Runtime:
     return Runtime(made, make_redis(redis_url, max_connections=16))
 
 
-def ready_worker(redis: Redis, name: str = "w", slots: int = 2) -> WorkerRecord:
-    """Announce a READY worker serving LLAMA (no process behind it: its jobs stay queued)."""
-    gpu = GpuInfo(0, f"GPU-{name}", "RTX", 8 << 30, 8 << 30, 8, 6)
-    fit = ModelFit(tag="llama3.1:8b", installed=True, fits=True, need_bytes=1)
-    record = WorkerRecord(name, "h", 1, "0", "u", state=READY, slots=slots, gpu=gpu, models={LLAMA: fit},
-                          vram_budget=2)  # fmt: skip
+def ready_worker(redis: Redis, name: str = "w", slots: int = 2, *, continuation: bool = False) -> WorkerRecord:
+    """Announce a READY worker serving LLAMA (no process behind it: its jobs stay queued); with
+    `continuation`, one whose engine can continue an answer of it."""
+    record = ready_record(name, slots, continuation=continuation)
     announce(redis, record)
     return record
+
+
+def ready_record(name: str = "w", slots: int = 2, *, continuation: bool = False) -> WorkerRecord:
+    """The fleet record of a READY worker serving LLAMA."""
+    gpu = GpuInfo(0, f"GPU-{name}", "RTX", 8 << 30, 8 << 30, 8, 6)
+    fit = ModelFit(tag="llama3.1:8b", installed=True, fits=True, need_bytes=1, continuation=continuation)
+    return WorkerRecord(name, "h", 1, "0", "u", state=READY, slots=slots, gpu=gpu, models={LLAMA: fit},
+                        vram_budget=2)  # fmt: skip
 
 
 def request(rt: Runtime, prompt: str, **fields: Any) -> LLMRequest:

@@ -11,19 +11,23 @@ to QUEUE_TIMEOUT_S, instead.
 from __future__ import annotations
 
 import logging
+import queue as queues
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 
 from rq import Queue
 
 from common.errors import CapacityError, RunnerError
 from common.fleet import READY, WorkerRecord, capacity, why_unserved
 from common.jobs import GenerateJob
+from common.outage import through_outage
 from web.placement import NO_LIMIT
 from web.runtime import ADMISSION_SLOTS, Runtime
+from web.validation import LLMRequest
 
-__all__ = ["ADMISSION_SLOTS", "NO_LIMIT", "Room", "gate", "max_queue", "place", "room"]
+__all__ = ["ADMISSION_SLOTS", "NO_LIMIT", "Room", "gate", "max_queue", "place", "room", "submit"]
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +63,28 @@ def gate(rt: Runtime) -> Iterator[None]:
         rt.admission.release()
 
 
+def submit(rt: Runtime, request: LLMRequest, job_id: str) -> tuple[queues.SimpleQueue[bytes], GenerateJob]:
+    """Place the request's job as `job_id` if there is room, the inbox of its events registered
+    first (a fast worker's first event finds it); the inbox and the job. Raises CapacityError or
+    RunnerError (refused: nothing placed), QueueUnavailable, RedisError or OSError; the inbox is
+    unregistered then."""
+    model_id = request.model.model_id
+    # Through Sentinel, Redis is back on a new master within seconds: wait for it (bounded)
+    # rather than answer 500, which costs the orchestrator its place in the gateway's pool.
+    wait_s = rt.failover_wait_s
+    rt.hub.ensure_running(max(2.0, wait_s))
+    what = f"job {job_id}: placing it"
+    space = through_outage(partial(room, rt, model_id, stream=request.waits_for_room), what, within_s=wait_s)
+    inbox = rt.hub.register(job_id)
+    try:
+        job = request.job(rt.hub.channel)
+        through_outage(partial(place, rt, rt.queue(model_id), job_id, job, space), what, within_s=wait_s)
+    except BaseException:
+        rt.hub.unregister(job_id)
+        raise
+    return inbox, job
+
+
 def max_queue(rt: Runtime, slots: int) -> int:
     """Jobs that may wait for a model's slots: MAX_QUEUE, or twice its slots (at least 4)."""
     if rt.settings.max_queue is not None:
@@ -92,13 +118,23 @@ def _unserved(fleet: list[WorkerRecord], model_id: str) -> RunnerError:
     return CapacityError(msg, reason="no_worker")
 
 
-def place(rt: Runtime, queue: Queue, job_id: str, job: GenerateJob, space: Room) -> int:
-    """Write the RQ job and queue it if there is room; returns how many jobs were waiting before it.
+def place(
+    rt: Runtime,
+    queue: Queue,
+    job_id: str,
+    job: GenerateJob,
+    space: Room,
+    *,
+    first: bool = False,
+    meta: dict[str, str] | None = None,
+) -> int:
+    """Write the RQ job (`meta` in its RQ record) and queue it if there is room (`first`: ahead of
+    the jobs waiting); returns how many jobs were waiting before it.
 
     Raises CapacityError (nothing written) when the model's queued and running jobs fill the room.
     Safe to run twice (web.placement): a job already placed stays placed, once.
     """
-    found = rt.placer.place(queue, job_id, job, space.limit, rt.settings.queue_timeout_s)
+    found = rt.placer.place(queue, job_id, job, space.limit, rt.settings.queue_timeout_s, first=first, meta=meta)
     if not found.placed:
         raise CapacityError(
             f"{job.model_id!r} has {found.running} job(s) running and {found.waiting} waiting for its "

@@ -2,7 +2,8 @@
 
 Checked on every tick (web.hub.TICK_S) whatever else is going on (a replay that keeps failing
 included): the runner shutting down past SHUTDOWN_GRACE_S, a job not taken within
-QUEUE_TIMEOUT_S, a worker silent for WORKER_SILENCE_S after it took the job.
+QUEUE_TIMEOUT_S, a worker silent for WORKER_SILENCE_S after it took the job, or sooner one whose
+process is gone (web.liveness).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ class Progress:
     last_heard: float
     worker: str = ""
     replay_due: bool = False
+    gone: bool = False  # its worker's process is gone (web.liveness)
 
 
 def overdue(settings: Settings, job: Progress, now: float, draining_since: float | None) -> Overdue | None:
@@ -50,6 +52,9 @@ def overdue(settings: Settings, job: Progress, now: float, draining_since: float
             )
         return None
     silent = now - job.last_heard
+    if job.gone:
+        return Overdue(WORKER_LOST, f"worker {job.worker} stopped responding (its process is gone: silent for "
+                                    f"{silent:.1f} s and off its command channel)")  # fmt: skip
     if silent < settings.worker_silence_s:
         return None
     if job.replay_due:

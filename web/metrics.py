@@ -40,6 +40,10 @@ TOKENS_PER_SECOND = Histogram("llm_generation_tokens_per_second", "Decode speed 
 IN_FLIGHT = Gauge("llm_requests_in_flight", "Requests being answered now (queued or generating)", ["model"],
                   multiprocess_mode="livesum")  # fmt: skip
 CANCELLATIONS = Counter("llm_cancellations_total", "Jobs cancelled because the client left", ["model", "phase"])
+# Lost generations carried on as a continuation job (or placed again when nothing was sent), by
+# what lost them (web.continuation).
+CONTINUATIONS = Counter("llm_job_continuations_total", "Lost generations carried on by another job, by cause",
+                        ["reason"])  # fmt: skip
 BACKEND_ERRORS = Counter("llm_backend_errors_total", "Failed jobs by reason", ["model", "reason"])
 HELPER_RESTARTS = Counter("llm_web_helper_restarts_total", "Web helper loops that died and were restarted",
                           ["helper"])  # fmt: skip

@@ -52,7 +52,8 @@ end
 """
 
 # KEYS: queue, started registry, job hash, RQ's set of queues. ARGV: room (-1: no limit), job ttl,
-# job id, then the job hash's fields and values. Returns {placed, waiting before it, running}.
+# job id, 1 to queue it first (a continuation: its client is mid-answer) or 0 to queue it last,
+# then the job hash's fields and values. Returns {placed, waiting before it, running}.
 PLACE_SCRIPT = (
     UTC_LUA
     + """
@@ -68,9 +69,13 @@ if room >= 0 and waiting + running >= room then
   return {0, waiting, running}
 end
 local stamp = utc(now[1], now[2])
-redis.call('HSET', KEYS[3], 'created_at', stamp, 'enqueued_at', stamp, unpack(ARGV, 4))
+redis.call('HSET', KEYS[3], 'created_at', stamp, 'enqueued_at', stamp, unpack(ARGV, 5))
 redis.call('EXPIRE', KEYS[3], ARGV[2])
 redis.call('SADD', KEYS[4], KEYS[1])
+if ARGV[4] == '1' then
+  redis.call('LPUSH', KEYS[1], ARGV[3])
+  return {1, 0, running}
+end
 redis.call('RPUSH', KEYS[1], ARGV[3])
 return {1, waiting, running}
 """
@@ -95,8 +100,19 @@ class Placer:
         self._acks = acks  # a placement waits for a replica (REDIS_WAIT_REPLICAS): a failover keeps it
         self._script = redis.register_script(PLACE_SCRIPT)
 
-    def place(self, queue: Queue, job_id: str, job: GenerateJob, limit: int, queue_timeout_s: float) -> Placed:
-        """Write the RQ job and queue it unless the model's queued and running jobs reach `limit`."""
+    def place(
+        self,
+        queue: Queue,
+        job_id: str,
+        job: GenerateJob,
+        limit: int,
+        queue_timeout_s: float,
+        *,
+        first: bool = False,
+        meta: dict[str, str] | None = None,
+    ) -> Placed:
+        """Write the RQ job (`meta` in its RQ record) and queue it (`first`: ahead of the others)
+        unless the model's queued and running jobs reach `limit`."""
         ttl = int(queue_timeout_s) + QUEUED_TTL_MARGIN_S
         rq_job = queue.create_job(
             keys.GENERATE_JOB,
@@ -107,10 +123,14 @@ class Placer:
             result_ttl=RESULT_TTL_S,
             failure_ttl=FAILURE_TTL_S,
             ttl=ttl,
+            meta=meta,
         )
         fields = [item for key, value in rq_job.to_dict().items() if key not in STAMPED for item in (key, value)]
         started = StartedJobRegistry(queue.name, connection=self._redis).key
+        where = 1 if first else 0
         placed, waiting, running = self._acks.script(
-            self._script, [queue.key, started, rq_job.key, Queue.redis_queues_keys], [limit, ttl, job_id, *fields]
+            self._script,
+            [queue.key, started, rq_job.key, Queue.redis_queues_keys],
+            [limit, ttl, job_id, where, *fields],
         )
         return Placed(bool(placed), int(waiting), int(running))

@@ -1,10 +1,12 @@
 """Following one request's job from its placement to its last event, and ending it when it must.
 
 The parts each have a module: admission and placement (web.admission, web.placement), putting
-the events in order (web.sequencer, pure), the deadlines (web.deadlines, pure), and what the web
-writes when it ends a job itself (web.records). A JobRelay ties them to the request: it waits on
-the inbox the event hub fills, feeds the sequencer, reads the backlog when it asks, and on every
-tick checks the client and the deadlines, whatever else is going on.
+the events in order (web.sequencer, pure), the deadlines (web.deadlines, pure), what the web
+writes when it ends a job itself (web.records), and carrying a lost generation on with another
+job (web.continuation). A JobRelay ties them to the request: it waits on the inbox the event hub
+fills, feeds the sequencer, reads the backlog when it asks, on every tick checks the client and
+the deadlines, whatever else is going on, and hands the events out, counting the text the client
+gets, so that a generation lost midway goes on where the client's answer stopped.
 """
 
 from __future__ import annotations
@@ -14,19 +16,17 @@ import queue
 import time
 import uuid
 from collections import deque
-from functools import partial
 
 from redis.exceptions import RedisError
-from rq.job import Job
 
 from common import keys
 from common.errors import QueueUnavailable, RunnerError
 from common.events import Done, Failed, Ping, Started, Tokens, ToolCalls, decode
-from common.jobs import GenerateJob
-from common.outage import through_outage
 from web import admission, deadlines, records
 from web.client import ClientWatch
+from web.continuation import Continuations
 from web.hub import RESYNC, TICK
+from web.liveness import ProcessWatch
 from web.runtime import Runtime
 from web.sequencer import Sequencer, backlog_entries
 from web.trace import JobTrace
@@ -60,8 +60,9 @@ class JobRelay:
         self._started = False  # the job followed now was taken by a worker (Started)
         self._finished = False
         self._ready: deque[Answer] = deque()
-        self._job: GenerateJob | None = None  # what was placed, to place it again if Redis lost it
         self._deaf = deadlines.Deafness()  # while this process hears no worker, silence is not theirs
+        self._watch = ProcessWatch(self._deaf)  # whether the silent worker's process is gone
+        self._carry = Continuations(rt, None)  # what the client got; the jobs that carried it on
 
     def submit(self) -> None:
         """Check for room and enqueue; raises CapacityError, RunnerError or QueueUnavailable at once.
@@ -72,21 +73,9 @@ class JobRelay:
             self._submit()
 
     def _submit(self) -> None:
-        rt, request = self.rt, self.request
-        model_id = request.model.model_id
-        # Through Sentinel, Redis is back on a new master within seconds: wait for it (bounded)
-        # rather than answer 500, which costs the orchestrator its place in the gateway's pool.
-        wait_s = rt.failover_wait_s
-        rt.hub.ensure_running(max(2.0, wait_s))
-        what = f"job {self.job_id}: placing it"
         try:
-            room = partial(admission.room, rt, model_id, stream=request.waits_for_room)
-            space = through_outage(room, what, within_s=wait_s)
-            self._inbox = rt.hub.register(self.job_id)
-            job = request.job(rt.hub.channel)
-            place = partial(admission.place, rt, rt.queue(model_id), self.job_id, job, space)
-            through_outage(place, what, within_s=wait_s)
-            self._job = job
+            self._inbox, job = admission.submit(self.rt, self.request, self.job_id)
+            self._carry.original = self._carry.current = job
         except (RedisError, OSError) as exc:
             self._release()
             raise QueueUnavailable(f"the runner's queue (Redis) is unavailable: {exc}") from None
@@ -104,21 +93,25 @@ class JobRelay:
         if self._inbox is not None:
             self.rt.hub.unregister(self.job_id)
             self.rt.hub.register(job_id, self._inbox)  # the same inbox: its ticks go on
-        self.job_id = job_id
+        self.job_id = self.trace.job_id = job_id
         self._placed_at = time.monotonic()
         self._events = Sequencer(job_id, self._placed_at)
         self._started = self._finished = False
+        self._watch = ProcessWatch(self._deaf)
 
     def next_event(self) -> Answer:
         """Block until the next Tokens, ToolCalls, Done or Failed; raises ClientGone if the client left.
 
         Timeouts come back as a Failed: waited too long for a slot, worker silent, shutting down.
+        A lost generation that another job carries on is not one: the events go on with that job's.
         """
         assert self._inbox is not None
         ready = self._ready
         while True:
-            if ready:
-                return ready.popleft()
+            while ready:
+                event = self._hand_out(ready.popleft())
+                if event is not None:
+                    return event
             raw = self._inbox.get()  # an event, or the hub's TICK every TICK_S
             now = time.monotonic()
             if raw is not TICK:
@@ -130,7 +123,7 @@ class JobRelay:
                     continue
             failure = self._check(now)
             if failure is not None:
-                return failure
+                ready.append(failure)  # handed out, or carried on, as the workers' failures are
 
     def pending(self) -> list[Answer]:
         """Events that have already arrived, without waiting (to write several in one go)."""
@@ -143,9 +136,21 @@ class JobRelay:
                     break
                 if raw is not TICK:
                     self._take(raw, now)
-        events = list(self._ready)
-        self._ready.clear()
-        return events
+        handed = [self._hand_out(self._ready.popleft()) for _ in range(len(self._ready))]
+        return [event for event in handed if event is not None]
+
+    def _hand_out(self, event: Answer) -> Answer | None:
+        """An event on its way to the client: its text counted; a lost generation carried on by
+        another job, followed from now on (None: the client hears nothing of it)."""
+        if isinstance(event, Tokens):
+            self._carry.sent.add(event)
+        elif isinstance(event, Failed):
+            again = self._carry.carry_on(event, self.job_id, self.trace.worker)
+            if again is not None:
+                self.follow(again)
+                self.trace.continuations = self._carry.done
+                return None
+        return event
 
     def close(self) -> None:
         """Release the inbox; a job still running is cancelled (its client is gone)."""
@@ -201,24 +206,19 @@ class JobRelay:
         replica that never received it: its hash is gone), place it again under a new id and
         follow that; True then. The old id is cancelled, so a worker that took it from the old
         master stops."""
-        rt, job = self.rt, self._job
+        lost = self.job_id
         try:
-            if job is None or rt.redis.exists(Job.key_for(self.job_id)):
-                return False
-        except (RedisError, OSError):
-            return False  # cannot tell now: the next resync asks again
-        lost, again = self.job_id, uuid.uuid4().hex
-        self.follow(again)
-        self.trace.job_id = again
-        try:
-            records.broadcast_cancel(rt.redis, lost)
-            admission.place(rt, rt.queue(job.model_id), again, job, admission.Room(admission.NO_LIMIT, 0, 0))
+            again = self._carry.place_lost(lost)
         except (RedisError, OSError) as exc:
             msg = f"the job was lost in a Redis failover before a replica had it, and could not be placed again: {exc}"
             self._ready.append(self._finish_failed(msg, "lost_in_failover"))
             return True
-        logger.warning("job %s: lost by Redis (a failover before a replica had it); placed again as %s", lost, again)
-        return True
+        if again is not None:
+            self.follow(again)
+            logger.warning(
+                "job %s: lost by Redis (a failover before a replica had it); placed again as %s", lost, again
+            )
+        return again is not None
 
     def _accept(self, raw: bytes, now: float) -> None:
         try:
@@ -245,6 +245,7 @@ class JobRelay:
         else:
             self._finished = True
             if isinstance(event, Done):
+                event = self._carry.counted(event)
                 trace.outcome, trace.reason = "ok", event.finish_reason
                 trace.prompt_tokens, trace.completion_tokens = event.prompt_tokens, event.completion_tokens
                 trace.eval_ms = event.eval_ms
@@ -258,13 +259,18 @@ class JobRelay:
             self.close()
             raise ClientGone
         rt, events = self.rt, self._events
+        heard, counts_from = events.last_heard, self._deaf.until(rt.hub.subscribed, now)
+        gone = not events.replay_due and self._watch.gone(rt.redis, self.trace.worker, self._started, heard,
+                                                          counts_from, now)  # fmt: skip
         progress = deadlines.Progress(
             self.request.model.model_id,
             self._placed_at,
             started=self._started,
-            last_heard=max(events.last_heard, self._deaf.until(rt.hub.subscribed, now)),
+            # Read again: a look Redis was slow to answer counts as time this process heard nobody.
+            last_heard=max(heard, self._deaf.until(rt.hub.subscribed, now)),
             worker=self.trace.worker,
             replay_due=events.replay_due,
+            gone=gone,
         )
         due = deadlines.overdue(rt.settings, progress, now, rt.draining_since)
         if due is None:

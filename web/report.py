@@ -14,10 +14,10 @@ def _ms(start: float | None, end: float | None) -> str:
 
 
 def report(trace: JobTrace, api: str = "llm") -> None:
-    """Log the job's line: model, GPU, queue wait, time to first token, tokens, outcome, API."""
+    """Log the job's line: model, GPU, queue wait, time to first token, tokens, outcome, API, continuations."""
     logger.info(
         "job %s model=%s gpu=%s worker=%s queue_ms=%s ttft_ms=%s total_ms=%s prompt_tokens=%d "
-        "completion_tokens=%d stream=%s outcome=%s reason=%s api=%s",
+        "completion_tokens=%d stream=%s outcome=%s reason=%s api=%s continuations=%d",
         trace.job_id,
         trace.model_id,
         trace.gpu or "-",
@@ -31,4 +31,5 @@ def report(trace: JobTrace, api: str = "llm") -> None:
         trace.outcome,
         trace.reason or "-",
         api,
+        trace.continuations,
     )

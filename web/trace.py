@@ -24,3 +24,4 @@ class JobTrace:
     eval_ms: float = 0.0
     outcome: str = "pending"
     reason: str = ""
+    continuations: int = 0  # jobs placed to carry a lost generation on (web.continuation)

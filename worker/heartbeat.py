@@ -16,7 +16,7 @@ from redis import Redis
 from redis.exceptions import RedisError
 
 from common import fleet, keys
-from common.events import Ping, encode
+from common.events import PING_S, Ping, encode
 from common.fleet import WorkerRecord
 from common.guard import RESTARTS, supervised
 from worker.active import ActiveJobs
@@ -29,8 +29,8 @@ from worker.slots import SlotWorker
 
 logger = logging.getLogger(__name__)
 
-# The web counts a worker lost after WORKER_SILENCE_S without an event; pings come well inside it.
-PING_S = 1.0
+# The web counts a worker lost after WORKER_SILENCE_S without an event; pings (every PING_S, from
+# common.events: the web reads it too) come well inside it.
 RQ_BEAT_S = 5.0
 LOADED_POLL_S = 2.0
 NOBODY_READS = "nobody reads its events (the web process that placed it is gone)"
