@@ -136,3 +136,12 @@ def runner_service(image: str) -> dict[str, Any]:
         "init": True,
         "restart": "unless-stopped",
     }
+
+
+# A Redis service's healthcheck (redis-cli authenticates with REDISCLI_AUTH from its environment).
+REDIS_HEALTHCHECK: dict[str, Any] = {
+    "test": ["CMD-SHELL", "redis-cli ping | grep -q PONG"],
+    "interval": "5s",
+    "timeout": "3s",
+    "retries": 10,
+}

@@ -17,7 +17,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from ops.compose_base import HEALTHY, NETWORK, REDIS_IMAGE, REDIS_PASSWORD, REDIS_URL, RedisWiring, env
+from ops.compose_base import (
+    HEALTHY,
+    NETWORK,
+    REDIS_HEALTHCHECK,
+    REDIS_IMAGE,
+    REDIS_PASSWORD,
+    REDIS_URL,
+    RedisWiring,
+    env,
+)
 
 MASTER_NAME = "llm-runner"
 SENTINELS = ("sentinel-1", "sentinel-2", "sentinel-3")
@@ -57,12 +66,7 @@ def _node(name: str, replica_of: str | None) -> dict[str, Any]:
         "environment": {"REDISCLI_AUTH": REDIS_PASSWORD},
         "volumes": [f"{name}-data:/data"],
         "restart": "unless-stopped",
-        "healthcheck": {
-            "test": ["CMD-SHELL", "redis-cli ping | grep -q PONG"],
-            "interval": "5s",
-            "timeout": "3s",
-            "retries": 10,
-        },
+        "healthcheck": dict(REDIS_HEALTHCHECK),
         "networks": [NETWORK],
     }
     if replica_of is not None:

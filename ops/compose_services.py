@@ -17,6 +17,7 @@ from ops.compose_base import (
     HEALTHY,
     NETWORK,
     OLLAMA_PORT,
+    REDIS_HEALTHCHECK,
     REDIS_IMAGE,
     REDIS_PASSWORD,
     STOP_GRACE_PERIOD,
@@ -42,12 +43,7 @@ def redis() -> dict[str, Any]:
         # redis-cli (the healthcheck) authenticates with REDISCLI_AUTH.
         "environment": {"REDISCLI_AUTH": REDIS_PASSWORD},
         "restart": "unless-stopped",
-        "healthcheck": {
-            "test": ["CMD-SHELL", "redis-cli ping | grep -q PONG"],
-            "interval": "5s",
-            "timeout": "3s",
-            "retries": 10,
-        },
+        "healthcheck": dict(REDIS_HEALTHCHECK),
         "networks": [NETWORK],
     }
 

@@ -9,7 +9,7 @@ from common.errors import ConfigError
 from common.redis_client import make_redis
 from common.redis_conn import BlockingSentinelPool, async_pool
 from common.settings import Settings
-from ops.rq_settings import rq_settings
+from ops.rq_config import rq_settings
 from ops.serve import dashboard_url
 from worker.redis_link import RedisLink
 
