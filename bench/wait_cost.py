@@ -21,7 +21,7 @@ from redis import Redis
 from bench.procs import spawn, stop_all, wait_until
 from common.acks import Acks
 from ops.supervise import free_port
-from web.admission import PLACE_SCRIPT
+from web.placement import PLACE_SCRIPT
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -55,7 +55,7 @@ def measure(n: int, timeout_ms: int) -> None:
             job = uuid.uuid4().hex
             keys = ["rq:queue:bench", "rq:wip:bench", f"rq:job:{job}", "rq:queues"]
             began = time.perf_counter()
-            acks.script(script, keys, [-1, 60, job, "status", "queued", "data", "x" * 400])
+            acks.script(script, keys, [-1, 60, job, "0", "status", "queued", "data", "x" * 400])
             times[label].append((time.perf_counter() - began) * 1000)
             master.delete(f"rq:job:{job}")
             master.lpop("rq:queue:bench")

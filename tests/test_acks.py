@@ -4,6 +4,8 @@ no replica answers, against real redis-servers."""
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -67,3 +69,10 @@ def test_no_replica_answering_pauses_waiting(redis: Redis, caplog: pytest.LogCap
     assert waits(redis) == 1, "after a WAIT that timed out, the next write does not wait"
     assert not acks.active
     assert "0 of 1 replica(s) acknowledged within 20 ms" in caplog.text
+
+
+def test_the_wait_cost_benchmark_measures_placements_with_and_without_a_replica(redis_server: object) -> None:
+    done = subprocess.run([sys.executable, "-m", "bench.wait_cost", "--n", "20"], capture_output=True, text=True,
+                          timeout=60, cwd=Path(__file__).resolve().parent.parent)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "with WAIT 1" in done.stdout and "no WAIT timed out" in done.stdout, done.stdout
