@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import openai
 import psutil
 import pytest
 import requests
@@ -30,7 +31,7 @@ pytestmark = pytest.mark.e2e
 LLAMA = "meta-llama/Meta-Llama-3.1-8B-Instruct"
 LABEL = "llm-runner-meta-llama-meta-llama-3.1-8b-instruct"
 SECRET = "orch-s3cret"
-PROXIED_ROUTES = ["/llm"]
+PROXIED_ROUTES = ["/llm", "/v1/chat/completions"]
 # Fast timings for tests: go-livepeer's are 5 s heartbeats, a 20 s TTL and 5 s health polls.
 INTERVAL_S, TTL_S, HEALTH_S = 0.5, 3.0, 0.25
 
@@ -141,6 +142,25 @@ def test_static_readiness_goes_non_200_while_no_worker_serves_the_model(
     start_worker(stack, fake_ollama)
     wait_until(lambda: discovered(orch, capacity=2), 10, "the runner back in discovery")
     assert requests.get(f"{stack.web_url}/{LLAMA}/ready", timeout=5).status_code == 200
+
+
+def test_the_unmodified_openai_sdk_consumes_the_runner_through_the_orchestrator(
+    stack: Stack, fake_ollama: FakeOllama, orch: FakeOrchestrator
+) -> None:
+    # As Livepeer's live-runner LLM example consumes its app: OpenAI's SDK pointed at `<app url>/v1`.
+    fake_ollama.set_behavior("*", tokens_per_s=200, reply_tokens=10)
+    start_worker(stack, fake_ollama, slots=2)
+    start_dynamic_web(stack, orch)
+    found = wait_until(lambda: discovered(orch, capacity=2), 15, "the runner registered")
+    sdk = openai.OpenAI(base_url=found["url"] + "/v1", api_key="unused", max_retries=0)
+    chunks = list(sdk.chat.completions.create(model=LLAMA, messages=[{"role": "user", "content": "kilo lima"}],
+                                              stream=True, stream_options={"include_usage": True}))  # fmt: skip
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == expected_text("kilo lima", 10)
+    assert chunks[-1].choices == [] and chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 10
+    whole = sdk.chat.completions.create(model=LLAMA, messages=[{"role": "user", "content": "mike"}], max_tokens=4)
+    assert whole.choices[0].message.content == expected_text("mike", 4) and whole.usage is not None
+    assert [m.id for m in sdk.models.list()] == [LLAMA]
 
 
 # ---------------------------------------------------------------------------------- dynamic
