@@ -88,13 +88,13 @@ def test_a_real_stream_read_as_go_livepeer_reads_it(real: Real) -> None:
     got = read_stream(lines)
     assert got.finish_reason == "length" and got.saw_done_marker and got.text.strip()
     # llama-cpp-python's streams carry no usage (it ignores stream_options): the completion count is
-    # the tokens relayed, one per chunk. The engine's own count for the same request, from its
-    # non-streamed answer, is the same; the prompt's count is unknown to the runner (0).
+    # the tokens relayed, one per chunk, and the prompt is counted by the engine's tokenizer. Both
+    # are the engine's own counts for the same request, from its non-streamed answer.
     engine = direct(real, 24)
     assert engine["choices"][0]["finish_reason"] == "length"  # type: ignore[index]
     assert got.usage["completion_tokens"] == engine["usage"]["completion_tokens"] == 24  # type: ignore[index]
-    assert got.usage["prompt_tokens"] == 0
-    assert got.usage["total_tokens"] == got.usage["completion_tokens"]
+    assert got.usage["prompt_tokens"] == engine["usage"]["prompt_tokens"] > 0  # type: ignore[index,operator]
+    assert got.usage["total_tokens"] == got.usage["prompt_tokens"] + got.usage["completion_tokens"]
     content_chunks = [c for c in got.chunks if c["choices"][0]["delta"].get("content")]
     assert len(content_chunks) >= 1 and all(c["choices"][0]["finish_reason"] == "" for c in content_chunks)
 
@@ -106,6 +106,7 @@ def test_a_real_whole_answer(real: Real) -> None:
     assert choice["message"]["content"].strip()
     assert choice["finish_reason"] == engine["choices"][0]["finish_reason"] == "length"  # type: ignore[index]
     assert answer["usage"]["completion_tokens"] == engine["usage"]["completion_tokens"] == 16  # type: ignore[index]
+    assert answer["usage"]["prompt_tokens"] == engine["usage"]["prompt_tokens"] > 0  # type: ignore[index,operator]
 
 
 def _cpu_share(proc: psutil.Process, seconds: float = 1.0) -> float:
@@ -191,8 +192,10 @@ def test_openais_sdk_streams_real_tokens_through_the_runner(real: Real) -> None:
     # Greedy decoding: the engine's own answer to the same request, token for token.
     engine = direct(real, 16)
     assert text.strip() and text == engine["choices"][0]["message"]["content"]  # type: ignore[index]
-    # llama-cpp-python streams carry no usage: the completion count is the chunks relayed, the prompt's unknown.
+    # llama-cpp-python streams carry no usage: the completion count is the chunks relayed, the prompt
+    # counted by the engine's tokenizer; both as the engine counts them itself.
     assert chunks[-1].choices == [] and chunks[-1].usage is not None
-    assert (chunks[-1].usage.prompt_tokens, chunks[-1].usage.completion_tokens) == (0, 16)
+    counted = engine["usage"]  # type: ignore[index]
+    assert (chunks[-1].usage.prompt_tokens, chunks[-1].usage.completion_tokens) == (counted["prompt_tokens"], 16)
     assert check_all(transport.answers) == 1
     transport.close()

@@ -175,24 +175,38 @@ class OpenAIBackend(Backend):
                 logger.info("model %s: served by the engine as %r", spec.model_id, spec.tag)
             fits[spec.model_id] = fit
 
+    def _count_body(self, job: GenerateJob, final: Final) -> dict[str, object] | None:
+        """What the engine's tokenizer is asked to count as the job's original prompt, or None.
+
+        A continuation's own prompt holds the answer so far: vLLM counts the messages before it
+        (`/tokenize` with `add_generation_prompt`), llama-cpp-python the original prompt rendered
+        here. llama-cpp-python's streams carry no usage at all (it ignores `stream_options`), so
+        every answer of it without a prompt count gets one, except with tools: its chat handler
+        renders them into the prompt its own way.
+        """
+        served = self._served_name(job)
+        if self.flavour == VLLM and job.continue_final:
+            return {"model": served, "messages": job.messages[:-1], "add_generation_prompt": True}
+        if self.flavour != LLAMA_CPP_PYTHON or self.template is None:
+            return None
+        if job.continue_final:
+            return {"model": served, "input": self.template.original_prompt(job.messages)}
+        if not final.prompt_eval_count and not job.tools:
+            return {"model": served, "input": self.template.render(job.messages)}
+        return None
+
     def note(self) -> str:
         """The fleet record's word on VRAM."""
         return VRAM_NOTE
 
     async def usage(self, job: GenerateJob, final: Final) -> Final:
-        """A continuation's prompt tokens: the original prompt's, counted by the engine's own
-        tokenizer where it has one (vLLM: `/tokenize` with the messages before the answer;
-        llama-cpp-python: the original prompt rendered here, counted at `/extras/tokenize/count`,
-        after the stream ended so that no request cuts it off), else the base approximation."""
-        url = self.count_url.get(self.flavour)
-        if not job.continue_final or url is None or (self.flavour == LLAMA_CPP_PYTHON and self.template is None):
+        """The prompt tokens the client is billed: the original prompt's, counted by the engine's own
+        tokenizer where it has one (`_count_body`), after the stream ended so that no request cuts
+        it off; else the base approximation."""
+        url, body = self.count_url.get(self.flavour), self._count_body(job, final)
+        if url is None or body is None:
             return await super().usage(job, final)
-        served, before = self._served_name(job), job.messages[:-1]
-        if self.flavour == VLLM:
-            body: dict[str, object] = {"model": served, "messages": before, "add_generation_prompt": True}
-        else:
-            assert self.template is not None
-            body = {"model": served, "input": self.template.original_prompt(job.messages)}
+        served = self._served_name(job)
         try:
             answer = await self.http.call("POST", url, lambda status, raw: error_for_status(status, raw, served=served,
                                           url=self.url), json_body=body, timeout=COUNT_TIMEOUT_S)  # fmt: skip

@@ -73,7 +73,7 @@ class SseParser:
     `stream_options.include_usage`). llama-cpp-python (0.3.x) ignores `stream_options` and its
     chunks carry no usage at all; it streams one token per chunk (`Llama._create_completion`
     yields per token), so the content chunks relayed are then the completion's count, and the
-    prompt's count is unknown (0).
+    prompt's count is unknown here (0; the backend has the engine count it where it can).
     """
 
     def __init__(self) -> None:
