@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import openai
 import psutil
 import pytest
 import requests
@@ -23,10 +24,11 @@ from redis import Redis
 from rq.job import Job
 
 from common.events import Done
-from ops.supervise import EMBEDDED_MODEL_ID, embedded_engine_command, engine_env, smollm2_gguf
+from ops.supervise import EMBEDDED_CTX, EMBEDDED_MODEL_ID, embedded_engine_command, engine_env, smollm2_gguf
 from tests.client import call, stream
 from tests.conftest import RedisServer
 from tests.continuation_jobs import continuation_of, generate_job, run_job
+from tests.continuation_stack import chain
 from tests.golivepeer import read_stream
 from tests.openai_client import RecordingTransport, check_all, client
 from tests.stack import Process, Stack, free_port
@@ -107,6 +109,25 @@ def test_a_real_whole_answer(real: Real) -> None:
     assert choice["finish_reason"] == engine["choices"][0]["finish_reason"] == "length"  # type: ignore[index]
     assert answer["usage"]["completion_tokens"] == engine["usage"]["completion_tokens"] == 16  # type: ignore[index]
     assert answer["usage"]["prompt_tokens"] == engine["usage"]["prompt_tokens"] > 0  # type: ignore[index,operator]
+
+
+def test_a_prompt_beyond_the_engines_context_is_the_clients_400_on_both_apis(real: Real) -> None:
+    # llama-cpp-python breaks its stream for a prompt beyond its context (no error event): the
+    # client still gets the 400 that OpenAI and go-livepeer expect, once, not a 500 after retries.
+    long = [{"role": "user", "content": "word " * (EMBEDDED_CTX + 100)}]
+    sdk = client(f"{real.url}/v1", "unused", RecordingTransport())
+    with pytest.raises(openai.BadRequestError) as refused:
+        sdk.chat.completions.create(model=EMBEDDED_MODEL_ID, messages=long, stream=True)  # type: ignore[arg-type]
+    assert refused.value.code == "context_length_exceeded"
+    assert f"maximum context length is {EMBEDDED_CTX} tokens" in refused.value.message
+    response = call("POST", f"{real.url}/llm", json={**ask(8, stream_=True), "messages": long}, timeout=120)
+    assert response.status_code == 400
+    assert f"maximum context length is {EMBEDDED_CTX} tokens" in response.json()["detail"]["msg"]
+    # One job, refused once: not a lost generation placed again.
+    jobs = chain(real.stack.redis, response.headers["X-Job-Id"])
+    assert [job.get_status().value for job in jobs] == ["failed"]
+    # The engine is fine: the next request is answered.
+    assert read_stream(stream(f"{real.url}/llm", ask(4, stream_=True), timeout=120)[1]).finish_reason == "length"
 
 
 def _cpu_share(proc: psutil.Process, seconds: float = 1.0) -> float:

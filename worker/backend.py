@@ -75,6 +75,11 @@ class Backend(ABC):
         """How to ask again after an error answer before the stream (once), if the engine tells how."""
         return None
 
+    async def explain(self, job: GenerateJob, error: BackendError, relayed: int) -> BackendError:
+        """What a stream that broke after `relayed` tokens should end with (called on the loop once
+        the stream is gone): `error` itself, unless the engine can say better (see the subclasses)."""
+        return error
+
     async def usage(self, job: GenerateJob, final: Final) -> Final:
         """The counts the job's Done event carries (called on the loop once the answer is complete).
 

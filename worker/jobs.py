@@ -189,10 +189,12 @@ async def _follow(
             raise JobCancelled(handle.cancel_reason) from None
         assert isinstance(exc, BackendError)
         if exc.reason in CONTINUABLE_REASONS:
+            exc = await ctx.backend.explain(spec, exc, relay.relayed)
+        if exc.reason in CONTINUABLE_REASONS:
             logger.warning("job %s: generation lost after %d token(s) (%s): %s", job_id, relay.relayed, exc.reason,
                            exc.msg)  # fmt: skip
         publish(encode(job_id, Failed(exc.msg, exc.status, exc.reason)))
-        raise
+        raise exc from None
     if not relay.relayed and relay.thinking and final.finish_reason == "length":
         # As OpenAI's reasoning models answer: a 200 with no content, finish_reason "length", the
         # reasoning counted in the usage (a non-200 would cost the orchestrator its place).

@@ -116,6 +116,40 @@ class OpenAIBackend(Backend):
 
         return again
 
+    async def explain(self, job: GenerateJob, error: BackendError, relayed: int) -> BackendError:
+        """A llama-cpp-python stream that broke before its first token: its prompt may not fit.
+
+        llama-cpp-python (0.3.x) checks the prompt against its context only once the stream has
+        begun (`Llama._create_completion` raises "Requested tokens (N) exceed context window of
+        M"; `get_event_publisher` lets the exception break the response: no error event, no
+        `[DONE]`), where its unstreamed answer turns the same check into a 400
+        `context_length_exceeded` (`RouteErrorHandler`, llama_cpp/server/errors.py). So the same
+        request is asked once more, unstreamed and for one token, to read that refusal: the
+        client gets the 400 rather than a lost generation carried on elsewhere to fail again. A
+        prompt that fits is answered (the engine's prompt cache keeps it for the next try) and
+        `error` stands.
+        """
+        if self.flavour != LLAMA_CPP_PYTHON or relayed:
+            return error
+        path, body = self._ask(job, 1)
+        probe = {**json.loads(body), "stream": False, "max_tokens": 1}
+        probe.pop("stream_options", None)
+        served, timeout = self._served_name(job), self.settings.first_byte_timeout_s
+        for _ in range(2):
+            try:
+                await self.http.call("POST", path, lambda status, raw: error_for_status(status, raw, served=served,
+                                     url=self.url), json_body=probe, timeout=timeout)  # fmt: skip
+                break
+            except BackendError as refused:
+                if refused.reason == "prompt_too_long":
+                    logger.info("job for %s: the engine refuses the prompt: %s", job.model_id, refused.msg)
+                    return refused
+                # The broken stream's connection went back to the pool as the engine closed it
+                # (aiohttp releases a connection at the body's end): the first try may find it reset.
+                if refused.reason != "unreachable":
+                    break
+        return error
+
     def parser(self) -> AnswerParser:
         """SSE chunks up to `[DONE]`."""
         return SseParser()
