@@ -123,6 +123,8 @@ def test_up_without_an_engine_serves_real_tokens_from_the_embedded_one(tmp_path:
         terminal = printed(log, readme_curl(port))
         assert sorted(re.findall(r"started (\S+) \(pid \d+\)", terminal)) == ["engine", "redis", "web", "worker-gpu0"]
         assert "llama_model_loader" not in terminal
+        # Nor any other line of llama.cpp's (the worker reads the model's chat template with it).
+        assert not re.findall(r"^llama_\w+:.*$", terminal, re.M)
         engine_log = Path(re.search(r"started engine .*its output goes to (\S+)$", terminal, re.M).group(1))
         assert "llama_model_loader" in engine_log.read_text()
         # The README's curl: the default model is the embedded one, and a real model answers.

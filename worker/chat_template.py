@@ -12,8 +12,12 @@ names a built-in format; llama_cpp/llama.py). Needs the `embedded` extra (llama-
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,7 +48,8 @@ def load(gguf: str) -> tuple[ChatTemplate | None, str]:
     except ImportError:
         return None, "llama-cpp-python is not installed here (pip install '.[embedded]') to render its template"
     try:
-        model = llama_cpp.Llama(model_path=gguf, vocab_only=True, verbose=False)
+        with _stderr_logged():
+            model = llama_cpp.Llama(model_path=gguf, vocab_only=True, verbose=False)
     except (ValueError, OSError, RuntimeError) as exc:
         return None, f"OPENAI_GGUF {gguf!r} could not be read: {exc}"
     metadata = model.metadata
@@ -63,3 +68,22 @@ def load(gguf: str) -> tuple[ChatTemplate | None, str]:
         return str(formatter(messages=messages).prompt)  # type: ignore[arg-type]
 
     return ChatTemplate(render, eos_text), f"{gguf}'s chat template"
+
+
+@contextlib.contextmanager
+def _stderr_logged() -> Iterator[None]:
+    """Keep what llama.cpp writes to file descriptor 2 out of the operator's terminal: it writes
+    some warnings there whatever `verbose` says (its context's "n_ctx_seq > n_ctx_train" for a
+    vocabulary-only model). It is logged at DEBUG instead. Called once, while the worker starts."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            if text := sink.read().decode(errors="replace").strip():
+                logger.debug("llama.cpp, reading the model's vocabulary: %s", text)
