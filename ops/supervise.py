@@ -99,8 +99,8 @@ class Proc:
 
     def start(self) -> None:
         """Start (or restart) the process; one line says so, and where its output goes."""
-        # A session of its own: Ctrl-C in a terminal signals the whole foreground process group,
-        # which would stop Redis and the engine at once, under the web and workers still draining
+        # A new process session (setsid): Ctrl-C in a terminal signals the whole foreground process
+        # group, which would stop Redis and the engine at once, under the web and workers still draining
         # through them (and make gunicorn quit without draining). The supervisor alone gets it,
         # and stops the others in order.
         if self.log is None:
@@ -127,7 +127,7 @@ class Supervisor:
 
     def run(self) -> int:
         """Start everything and supervise until SIGTERM/SIGINT; returns an exit status."""
-        # SIGHUP too: the children are in sessions of their own, so a closed terminal reaches only this one.
+        # SIGHUP too: each child is in a new process session, so a closed terminal reaches only this one.
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(signum, self._on_signal)
         for proc in self.procs:
